@@ -1,0 +1,6 @@
+"""Geometry and scatter ops, all pure PyTorch / numba (no compiled extension).
+
+Importing `pcdet.ops` does no work: import the sub-modules you need, e.g.
+`from pcdet.ops.iou3d_nms import iou3d_nms_utils`. Every op runs on whatever device its inputs live on, despite
+OpenPCDet names such as `*_gpu`. Optional accelerated kernels are picked up through `pcdet.ops.fast_paths`.
+"""
