@@ -1,0 +1,222 @@
+"""GT sampling ("copy-paste" augmentation, spec §1.4): paste objects from a ground-truth database into the scene.
+
+Config (`AUG_CONFIG_LIST` entry `NAME: gt_sampling`): `DB_INFO_PATH` (list of pickles relative to the dataset root,
+each `dict[class_name] -> list[db_info]`, a db_info having `name, path, box3d_lidar (7|9), num_points_in_gt` and,
+with DB_DATA_PATH, `global_data_offset [start, end)`), `PREPARE {filter_by_min_points: ['Cls:N'],
+filter_by_difficulty: [d]}`, `SAMPLE_GROUPS ['Cls:N']`, `NUM_POINT_FEATURES`, `REMOVE_EXTRA_WIDTH [dx, dy, dz]`,
+`LIMIT_WHOLE_SCENE`, optional `DB_DATA_PATH` (one .npy of all object points, memory-mapped read-only instead of
+OpenPCDet's /dev/shm copy; `USE_SHARED_MEMORY` is accepted and ignored), `FILTER_OBJ_POINTS_BY_TIMESTAMP` +
+`TIME_RANGE`, `BACKUP_DB_INFO {DB_INFO_PATH, DB_DATA_PATH, NUM_POINT_FEATURES}`.
+
+data_dict keys
+    reads:  points (N, C), gt_boxes (M, 7|9), gt_names (M,), gt_boxes_mask (M,) bool
+    writes: points (K + N', C) object points prepended, scene points inside the (enlarged) sampled boxes removed;
+            gt_boxes (M + S, 7|9), gt_names (M + S,), gt_boxes_mask (M + S,) (True for the S sampled objects).
+"""
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from ...config import ConfigError, require_keys
+from ...ops.iou3d_nms.iou3d_nms_utils import boxes_bev_iou_cpu
+from ...utils import box_utils
+
+SECTION = 'DATA_CONFIG.DATA_AUGMENTOR.AUG_CONFIG_LIST[gt_sampling]'
+
+
+def parse_class_counts(entries, section):
+    """['Car:5', 'Pedestrian:10'] -> {'Car': 5, 'Pedestrian': 10}."""
+    counts = {}
+    for entry in entries:
+        name, sep, count = str(entry).partition(':')
+        if not sep or not count.strip().lstrip('-').isdigit():
+            raise ConfigError(f'{section}: expected "ClassName:N", got {entry!r}')
+        counts[name.strip()] = int(count)
+    return counts
+
+
+class DataBaseSampler:
+    PREPARE_FILTERS = ('filter_by_min_points', 'filter_by_difficulty')
+
+    def __init__(self, root_path, sampler_cfg, class_names, logger=None):
+        self.root_path = Path(root_path)
+        self.sampler_cfg = sampler_cfg
+        self.class_names = list(class_names)
+        self.logger = logger
+        require_keys(sampler_cfg, ['DB_INFO_PATH', 'SAMPLE_GROUPS', 'NUM_POINT_FEATURES'], SECTION)
+        if sampler_cfg.get('DATABASE_WITH_FAKELIDAR', False):
+            raise ConfigError(f'{SECTION}.DATABASE_WITH_FAKELIDAR is not supported (regenerate the database)')
+        db_info_paths, db_data_path, self.num_point_features = self._database_files(sampler_cfg)
+        self.db_infos = {name: [] for name in self.class_names}
+        for info_path in db_info_paths:
+            with open(info_path, 'rb') as handle:
+                infos = pickle.load(handle)
+            for name in self.class_names:
+                self.db_infos[name].extend(infos.get(name, []))
+        for filter_name, value in (sampler_cfg.get('PREPARE') or {}).items():
+            if filter_name not in self.PREPARE_FILTERS:
+                raise ConfigError(f'{SECTION}.PREPARE: unknown filter {filter_name!r}; '
+                                  f'known: {list(self.PREPARE_FILTERS)}')
+            self.db_infos = getattr(self, filter_name)(self.db_infos, value)
+        self.db_data_path = db_data_path
+        self._db_data = None  # opened lazily per process (a memmap must not be pickled into workers)
+        self.limit_whole_scene = sampler_cfg.get('LIMIT_WHOLE_SCENE', False)
+        self.sample_class_num = {name: num for name, num in
+                                 parse_class_counts(sampler_cfg.SAMPLE_GROUPS, f'{SECTION}.SAMPLE_GROUPS').items()
+                                 if name in self.class_names}
+        self.sample_groups = {name: {'pointer': len(self.db_infos[name]), 'indices': np.arange(0)}
+                              for name in self.sample_class_num}
+        if logger is not None:
+            for name, infos in self.db_infos.items():
+                logger.info(f'Database {name}: {len(infos)} objects after PREPARE')
+
+    def _database_files(self, cfg):
+        """Resolve DB_INFO_PATH / DB_DATA_PATH against the root, falling back to BACKUP_DB_INFO if configured."""
+        def resolve(paths):
+            paths = [paths] if isinstance(paths, str) else list(paths)
+            return [self.root_path / p for p in paths]
+
+        info_paths = resolve(cfg.DB_INFO_PATH)
+        data_path = resolve(cfg.DB_DATA_PATH)[0] if cfg.get('DB_DATA_PATH') else None
+        num_features = int(cfg.NUM_POINT_FEATURES)
+        missing = [str(p) for p in info_paths if not p.is_file()]
+        if missing and cfg.get('BACKUP_DB_INFO') and len(info_paths) == 1:
+            backup = cfg.BACKUP_DB_INFO
+            require_keys(backup, ['DB_INFO_PATH', 'NUM_POINT_FEATURES'], f'{SECTION}.BACKUP_DB_INFO')
+            info_paths = resolve(backup.DB_INFO_PATH)
+            data_path = resolve(backup.DB_DATA_PATH)[0] if backup.get('DB_DATA_PATH') else None
+            num_features = int(backup.NUM_POINT_FEATURES)
+            missing = [str(p) for p in info_paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f'{SECTION}.DB_INFO_PATH: database info file(s) not found: {missing} '
+                                    f'(relative to the dataset root {self.root_path})')
+        if data_path is not None and not data_path.is_file():
+            raise FileNotFoundError(f'{SECTION}.DB_DATA_PATH: {data_path} not found')
+        return info_paths, data_path, num_features
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state['_db_data'] = None
+        state['logger'] = None
+        return state
+
+    # ---- PREPARE filters ---------------------------------------------------------------------------------------
+
+    def filter_by_min_points(self, db_infos, min_points_entries):
+        for name, min_points in parse_class_counts(min_points_entries, f'{SECTION}.PREPARE').items():
+            if name in db_infos:
+                db_infos[name] = [info for info in db_infos[name] if info['num_points_in_gt'] >= min_points]
+        return db_infos
+
+    def filter_by_difficulty(self, db_infos, removed_difficulty):
+        return {name: [info for info in infos if info.get('difficulty') not in removed_difficulty]
+                for name, infos in db_infos.items()}
+
+    # ---- sampling ----------------------------------------------------------------------------------------------
+
+    def sample_with_fixed_number(self, class_name, sample_num):
+        """Next `sample_num` infos of a per-class shuffled list; reshuffles when the list is exhausted."""
+        group, infos = self.sample_groups[class_name], self.db_infos[class_name]
+        if len(infos) == 0:
+            return []
+        if group['pointer'] >= len(infos):
+            group['indices'] = np.random.permutation(len(infos))
+            group['pointer'] = 0
+        chosen = group['indices'][group['pointer']:group['pointer'] + sample_num]
+        group['pointer'] += sample_num
+        return [infos[i] for i in chosen]
+
+    def _select_non_colliding(self, sampled_boxes, existing_boxes):
+        """Indices of sampled boxes that overlap (BEV) neither an existing box nor another sampled box."""
+        overlap_existing = (boxes_bev_iou_cpu(sampled_boxes[:, 0:7], existing_boxes[:, 0:7]).max(axis=1)
+                            if len(existing_boxes) else np.zeros(len(sampled_boxes)))
+        iou_samples = boxes_bev_iou_cpu(sampled_boxes[:, 0:7], sampled_boxes[:, 0:7])
+        np.fill_diagonal(iou_samples, 0)
+        return np.nonzero((overlap_existing + iou_samples.max(axis=1)) == 0)[0]
+
+    def __call__(self, data_dict):
+        gt_boxes, gt_names = data_dict['gt_boxes'], np.asarray(data_dict['gt_names']).astype(str)
+        box_dim = gt_boxes.shape[1]
+        existing_boxes = gt_boxes
+        accepted_infos, accepted_boxes = [], []
+        for class_name, target_num in self.sample_class_num.items():
+            sample_num = target_num - int(np.sum(gt_names == class_name)) if self.limit_whole_scene else target_num
+            if sample_num <= 0:
+                continue
+            sampled = self.sample_with_fixed_number(class_name, sample_num)
+            if not sampled:
+                continue
+            sampled_boxes = np.stack([info['box3d_lidar'] for info in sampled]).astype(np.float32)
+            if sampled_boxes.shape[1] < box_dim:
+                raise ValueError(f'{SECTION}: database boxes have {sampled_boxes.shape[1]} values but the scene '
+                                 f'boxes have {box_dim} (a database without velocities for a velocity config?)')
+            valid = self._select_non_colliding(sampled_boxes, existing_boxes)
+            valid_boxes = sampled_boxes[valid, :box_dim]
+            existing_boxes = np.concatenate((existing_boxes, valid_boxes), axis=0)
+            accepted_infos.extend(sampled[i] for i in valid)
+            accepted_boxes.append(valid_boxes)
+        if accepted_infos:
+            data_dict = self.add_sampled_boxes_to_scene(data_dict, np.concatenate(accepted_boxes), accepted_infos)
+        return data_dict
+
+    # ---- pasting -----------------------------------------------------------------------------------------------
+
+    @property
+    def db_data(self):
+        if self._db_data is None and self.db_data_path is not None:
+            self._db_data = np.load(self.db_data_path, mmap_mode='r')
+        return self._db_data
+
+    def load_object_points(self, info):
+        """Object points `(num_points_in_gt, NUM_POINT_FEATURES)` with xyz relative to the box centre."""
+        expected = int(info['num_points_in_gt'])
+        if self.db_data_path is not None:
+            start, end = info['global_data_offset']
+            points = np.array(self.db_data[start:end], dtype=np.float32)
+            if points.shape != (expected, self.num_point_features):
+                raise ValueError(f'{SECTION}: {self.db_data_path}[{start}:{end}] has shape {points.shape}, '
+                                 f'expected ({expected}, {self.num_point_features}) for object {info.get("path")}')
+            return points
+        file_path = self.root_path / info['path']
+        num_bytes = file_path.stat().st_size
+        for dtype in (np.float32, np.float64):  # upstream falls back to float64 databases
+            if num_bytes == expected * self.num_point_features * np.dtype(dtype).itemsize:
+                points = np.fromfile(file_path, dtype=dtype).reshape(-1, self.num_point_features)
+                return points.astype(np.float32, copy=False)
+        raise ValueError(f'{SECTION}: {file_path} has {num_bytes} bytes, expected num_points_in_gt={expected} x '
+                         f'NUM_POINT_FEATURES={self.num_point_features} float32 values '
+                         f'({expected * self.num_point_features * 4} bytes)')
+
+    def _filter_by_time(self, obj_points, num_scene_features):
+        if self.sampler_cfg.get('FILTER_OBJ_POINTS_BY_TIMESTAMP', False):
+            min_time, max_time = sorted(self.sampler_cfg.TIME_RANGE)
+        elif obj_points.shape[1] == num_scene_features + 1:  # multi-frame database used for single frames
+            min_time = max_time = 0.0
+        else:
+            return obj_points
+        time = obj_points[:, -1]
+        return obj_points[(time > min_time - 1e-6) & (time < max_time + 1e-6)]
+
+    def add_sampled_boxes_to_scene(self, data_dict, sampled_boxes, sampled_infos):
+        points = data_dict['points']
+        obj_points = []
+        for info, box in zip(sampled_infos, sampled_boxes):
+            obj = self.load_object_points(info)
+            obj[:, 0:3] += box[0:3]
+            obj_points.append(obj)
+        obj_points = self._filter_by_time(np.concatenate(obj_points, axis=0), points.shape[1])
+        if obj_points.shape[1] < points.shape[1]:
+            raise ValueError(f'{SECTION}: database points have {obj_points.shape[1]} columns, the scene has '
+                             f'{points.shape[1]} (NUM_POINT_FEATURES={self.num_point_features})')
+        enlarged = box_utils.enlarge_box3d(sampled_boxes[:, 0:7],
+                                           extra_width=self.sampler_cfg.get('REMOVE_EXTRA_WIDTH', [0, 0, 0]))
+        points = box_utils.remove_points_in_boxes3d(points, enlarged)
+        data_dict['points'] = np.concatenate([obj_points[:, :points.shape[1]].astype(points.dtype), points])
+        sampled_names = np.array([info['name'] for info in sampled_infos])
+        scene_mask = data_dict.get('gt_boxes_mask', np.ones(len(data_dict['gt_boxes']), dtype=bool))
+        gt_boxes = data_dict['gt_boxes']
+        data_dict['gt_boxes'] = np.concatenate([gt_boxes, sampled_boxes.astype(gt_boxes.dtype)])
+        data_dict['gt_names'] = np.concatenate([np.asarray(data_dict['gt_names']), sampled_names])
+        data_dict['gt_boxes_mask'] = np.concatenate([scene_mask, np.ones(len(sampled_infos), dtype=bool)])
+        return data_dict

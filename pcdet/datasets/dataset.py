@@ -1,0 +1,205 @@
+"""DatasetTemplate: the single funnel from a loaded sample to a model-ready sample (spec §1.3).
+
+Subclasses implement `__len__`, `__getitem__` (load the raw sample, then `return self.prepare_data(input_dict)`)
+and `evaluation(det_annos, class_names, **kwargs)`.
+
+`prepare_data(data_dict)`:
+    reads:  points (N, len(src_feature_list)), gt_boxes (M, 7|9) + gt_names (M,) (required in supervised training),
+            optional gt_boxes2d, calib, road_plane, frame_id, metadata
+    writes: points (N', num_point_features), gt_boxes (M', 7|9 + 1) float32 with the 1-based class index as the last
+            column, use_lead_xyz, lidar_aug_matrix (4, 4) float32, flip_x/flip_y/noise_* (training), the processor
+            outputs (voxels, voxel_coords, voxel_num_points for hard-voxel configs); removes gt_names.
+    1. training: augment (gt_boxes_mask = names in class_names);   2. lidar_aug_matrix;
+    3. keep boxes of class_names, append the class index;            4. point feature encoding;
+    5. data processor;   6. training with zero boxes left: draw another index with numpy's global RNG and retry
+       (a bounded loop, `MAX_RESAMPLE_ATTEMPTS`, then RuntimeError);   7. drop gt_names.
+
+Self-supervised mode (`CLASS_NAMES: []`): boxes are dropped before augmentation, gt_sampling is skipped and a
+sample is never resampled.
+"""
+from pathlib import Path
+
+import numpy as np
+import torch.utils.data as torch_data
+
+from ..config import ConfigError, require_keys
+from .augmentor import DataAugmentor
+from .collate import collate_batch
+from .processor import DataProcessor, PointFeatureEncoder
+
+SECTION = 'DATA_CONFIG'
+BOX_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes2d')
+
+
+class _NoBoxesLeft(Exception):
+    """Raised inside a resampling attempt whose sample lost all its boxes."""
+
+
+def lidar_aug_matrix(data_dict):
+    """4x4 float32 matrix M with `[p_aug, 1] = M @ [p, 1]` for flip_x -> flip_y -> rotation -> scaling -> translation
+    (the order of every shipped config); identity at test time."""
+    matrix = np.eye(4)
+    if data_dict.get('flip_x', False):
+        matrix[:3, :3] = np.diag([1.0, -1.0, 1.0]) @ matrix[:3, :3]
+    if data_dict.get('flip_y', False):
+        matrix[:3, :3] = np.diag([-1.0, 1.0, 1.0]) @ matrix[:3, :3]
+    if 'noise_rot' in data_dict:
+        cos_a, sin_a = np.cos(data_dict['noise_rot']), np.sin(data_dict['noise_rot'])
+        matrix[:3, :3] = np.array([[cos_a, -sin_a, 0.0], [sin_a, cos_a, 0.0], [0.0, 0.0, 1.0]]) @ matrix[:3, :3]
+    if 'noise_scale' in data_dict:
+        matrix[:3, :3] *= data_dict['noise_scale']
+    if 'noise_translate' in data_dict:
+        matrix[:3, 3] = np.asarray(data_dict['noise_translate']).reshape(3)
+    return matrix.astype(np.float32)
+
+
+class DatasetTemplate(torch_data.Dataset):
+    MAX_RESAMPLE_ATTEMPTS = 100
+
+    def __init__(self, dataset_cfg=None, class_names=None, training=True, root_path=None, logger=None):
+        super().__init__()
+        self.dataset_cfg = dataset_cfg
+        self.training = training
+        self.class_names = None if class_names is None else list(class_names)
+        self.logger = logger
+        if root_path is not None:
+            self.root_path = Path(root_path)
+        else:
+            self.root_path = Path(dataset_cfg.DATA_PATH) if dataset_cfg and 'DATA_PATH' in dataset_cfg else None
+        self.total_epochs = 0
+        self._merge_all_iters_to_one_epoch = False
+        self._resampling = False
+        if dataset_cfg is None or class_names is None:
+            return
+
+        require_keys(dataset_cfg, ['POINT_CLOUD_RANGE', 'POINT_FEATURE_ENCODING'], SECTION)
+        self.point_cloud_range = np.array(dataset_cfg.POINT_CLOUD_RANGE, dtype=np.float32)
+        if self.point_cloud_range.shape != (6,):
+            raise ConfigError(f'{SECTION}.POINT_CLOUD_RANGE needs 6 values, got {dataset_cfg.POINT_CLOUD_RANGE}')
+        self.point_feature_encoder = PointFeatureEncoder(dataset_cfg.POINT_FEATURE_ENCODING, self.point_cloud_range)
+        self.data_augmentor = DataAugmentor(self.root_path, dataset_cfg.get('DATA_AUGMENTOR'), self.class_names,
+                                            logger=logger) if training else None
+        self.data_processor = DataProcessor(dataset_cfg.get('DATA_PROCESSOR'), self.point_cloud_range, training,
+                                            self.point_feature_encoder.num_point_features)
+        self.grid_size = self.data_processor.grid_size
+        self.voxel_size = self.data_processor.voxel_size
+        self.depth_downsample_factor = getattr(self.data_processor, 'depth_downsample_factor', None)
+
+    @property
+    def mode(self):
+        return 'train' if self.training else 'test'
+
+    @property
+    def self_supervised(self):
+        """True when CLASS_NAMES is empty: samples carry no boxes and are never resampled."""
+        return self.class_names is not None and len(self.class_names) == 0
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state['logger'] = None
+        return state
+
+    def __len__(self):
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        raise NotImplementedError
+
+    def evaluation(self, det_annos, class_names, **kwargs):
+        raise NotImplementedError
+
+    def merge_all_iters_to_one_epoch(self, merge=True, epochs=None):
+        """Subclasses then report `len(infos) * total_epochs` from `__len__` and take indices modulo len(infos)."""
+        self._merge_all_iters_to_one_epoch = merge
+        self.total_epochs = epochs if merge else 0
+
+    def disable_augmentation(self, disable_aug_list):
+        """Switch off the named augmentations (None: all) and on all others, in this process and in running workers;
+        returns the names still active."""
+        if self.data_augmentor is None:
+            return []
+        before = self.data_augmentor.active_augmentations
+        active = self.data_augmentor.disable_augmentation(disable_aug_list)
+        if self.logger is not None and active != before:
+            self.logger.info(f'Augmentations now active: {active} (disabled: {disable_aug_list})')
+        return active
+
+    # ---- prepare_data --------------------------------------------------------------------------------------------
+
+    def prepare_data(self, data_dict):
+        """See the module docstring. Subclass post-processing after `prepare_data` must be idempotent (a resampled
+        sample comes back through the subclass's `__getitem__`, as upstream)."""
+        if self._resampling:  # we are inside the retry loop below: report failure instead of recursing
+            return self._prepare_single(data_dict)
+        try:
+            return self._prepare_single(data_dict)
+        except _NoBoxesLeft:
+            pass
+        self._resampling = True
+        try:
+            for _ in range(self.MAX_RESAMPLE_ATTEMPTS):
+                try:
+                    return self.__getitem__(np.random.randint(len(self)))
+                except _NoBoxesLeft:
+                    continue
+        finally:
+            self._resampling = False
+        raise RuntimeError(f'No sample with boxes of {self.class_names} left after augmentation and range filtering '
+                           f'in {self.MAX_RESAMPLE_ATTEMPTS} random draws: check CLASS_NAMES against the dataset '
+                           'labels, POINT_CLOUD_RANGE, and the box filters.')
+
+    def _prepare_single(self, data_dict):
+        data_dict = dict(data_dict)
+        if self.self_supervised:
+            for key in BOX_KEYS:
+                data_dict.pop(key, None)
+        if self.training:
+            if not self.self_supervised and 'gt_boxes' not in data_dict:
+                raise KeyError('gt_boxes must be provided for supervised training (or set CLASS_NAMES: [] for '
+                               'self-supervised training)')
+            if 'gt_boxes' in data_dict:
+                data_dict['gt_boxes_mask'] = np.array([n in self.class_names for n in data_dict['gt_names']],
+                                                      dtype=bool)
+            data_dict = self.data_augmentor.forward(data_dict)
+        data_dict['lidar_aug_matrix'] = lidar_aug_matrix(data_dict)
+
+        if data_dict.get('gt_boxes') is not None:
+            keep = np.array([name in self.class_names for name in data_dict['gt_names']], dtype=bool)
+            for key in BOX_KEYS:
+                if data_dict.get(key) is not None:
+                    data_dict[key] = data_dict[key][keep]
+            class_index = np.array([self.class_names.index(n) + 1 for n in data_dict['gt_names']], dtype=np.float32)
+            data_dict['gt_boxes'] = np.concatenate(
+                (data_dict['gt_boxes'].astype(np.float32), class_index.reshape(-1, 1)), axis=1)
+        if data_dict.get('points') is not None:
+            data_dict = self.point_feature_encoder.forward(data_dict)
+        data_dict = self.data_processor.forward(data_dict)
+
+        if self.training and not self.self_supervised and len(data_dict['gt_boxes']) == 0:
+            raise _NoBoxesLeft()
+        data_dict.pop('gt_names', None)
+        return data_dict
+
+    # ---- batching and predictions ----------------------------------------------------------------------------------
+
+    collate_batch = staticmethod(collate_batch)
+
+    def generate_prediction_dicts(self, batch_dict, pred_dicts, class_names, output_path=None):
+        """Per frame `{name, score, boxes_lidar (K, 7|9), pred_labels (1-based), frame_id[, metadata]}` (§1.13)."""
+        with_speed = self.dataset_cfg.get('TRAIN_WITH_SPEED', False) or self.dataset_cfg.get('PRED_VELOCITY', False)
+        annos = []
+        for index, box_dict in enumerate(pred_dicts):
+            scores, boxes, labels = (_to_numpy(box_dict[k]) for k in ('pred_scores', 'pred_boxes', 'pred_labels'))
+            if len(scores) == 0:
+                boxes = np.zeros((0, 9 if with_speed else 7), dtype=np.float32)
+            anno = {'name': np.array(class_names)[labels.astype(np.int64) - 1] if len(scores) else np.array([]),
+                    'score': scores, 'boxes_lidar': boxes, 'pred_labels': labels,
+                    'frame_id': batch_dict['frame_id'][index]}
+            if 'metadata' in batch_dict:
+                anno['metadata'] = batch_dict['metadata'][index]
+            annos.append(anno)
+        return annos
+
+
+def _to_numpy(value):
+    return value.detach().cpu().numpy() if hasattr(value, 'detach') else np.asarray(value)

@@ -1,0 +1,136 @@
+"""Per-sample processing queue built from `DATA_CONFIG.DATA_PROCESSOR` (spec §1.5), run after augmentation.
+
+Each list entry `{NAME: <processor>, ...}` becomes one step; unknown names are rejected at build time. Steps:
+
+* `mask_points_and_boxes_outside_range` {REMOVE_OUTSIDE_BOXES, USE_CENTER_TO_FILTER=True, min_num_corners=1,
+  MASK_Z=False}: keep points with `min <= x, y <= max` (and z with MASK_Z, DSVT nuScenes); training only and with
+  REMOVE_OUTSIDE_BOXES, keep boxes whose centre is inside the 3D range (or >= min_num_corners BEV corners inside).
+  reads/writes: points (N, C), gt_boxes (M, 8|10), gt_names (M,).
+* `shuffle_points` {SHUFFLE_ENABLED: {train, test}}: reads/writes points (N, C) (random row permutation).
+* `transform_points_to_voxels` {VOXEL_SIZE, MAX_POINTS_PER_VOXEL, MAX_NUMBER_OF_VOXELS: {train, test}}: hard voxels.
+  reads points (N, C), use_lead_xyz; writes voxels (V, P, C) float32 (C - 3 columns if not use_lead_xyz),
+  voxel_coords (V, 3) int32 [z, y, x], voxel_num_points (V,) int32.
+* `transform_points_to_voxels_placeholder` {VOXEL_SIZE} and `calculate_grid_size` {VOXEL_SIZE}: only set
+  `grid_size` / `voxel_size` at build time (DSVT: dynamic voxelization happens in the model); data untouched.
+
+Build-time attributes: `grid_size` int64 (nx, ny, nz) and `voxel_size` (list of 3 floats), or None if no step
+defines a voxel size.
+"""
+from functools import partial
+
+import numpy as np
+
+from ...config import ConfigError, require_keys
+from ...utils import box_utils
+from .voxelization import compute_grid_size, hard_voxelize
+
+SECTION = 'DATA_CONFIG.DATA_PROCESSOR'
+
+
+def points_in_range_mask(points, point_cloud_range, use_z=False):
+    """Inclusive range test on x, y (and z if `use_z`) -> (N,) bool."""
+    axes = 3 if use_z else 2
+    lower, upper = point_cloud_range[0:axes], point_cloud_range[3:3 + axes]
+    return np.all((points[:, 0:axes] >= lower) & (points[:, 0:axes] <= upper), axis=1)
+
+
+class DataProcessor:
+    PROCESSORS = ('mask_points_and_boxes_outside_range', 'shuffle_points', 'transform_points_to_voxels',
+                  'transform_points_to_voxels_placeholder', 'calculate_grid_size')
+
+    def __init__(self, processor_configs, point_cloud_range, training, num_point_features):
+        self.point_cloud_range = np.asarray(point_cloud_range, dtype=np.float32)
+        self.training = training
+        self.mode = 'train' if training else 'test'
+        self.num_point_features = num_point_features
+        self.grid_size = None
+        self.voxel_size = None
+        self.data_processor_queue = []
+        for index, config in enumerate(processor_configs or []):
+            require_keys(config, ['NAME'], f'{SECTION}[{index}]')
+            if config.NAME not in self.PROCESSORS:
+                raise ConfigError(f'{SECTION}[{index}].NAME: unknown processor {config.NAME!r}; '
+                                  f'known: {list(self.PROCESSORS)}')
+            step = getattr(self, config.NAME)(config, f'{SECTION}[{config.NAME}]')
+            self.data_processor_queue.append(step)
+
+    def forward(self, data_dict):
+        for step in self.data_processor_queue:
+            data_dict = step(data_dict)
+        return data_dict
+
+    # ---- builders: validate the config once and bind it to a module-level step (picklable for spawned workers) --
+
+    def mask_points_and_boxes_outside_range(self, config, section):
+        return partial(mask_points_and_boxes_step, point_cloud_range=self.point_cloud_range,
+                       use_z=config.get('MASK_Z', False),
+                       filter_boxes=self.training and config.get('REMOVE_OUTSIDE_BOXES', False),
+                       min_num_corners=config.get('min_num_corners', 1),
+                       use_center_to_filter=config.get('USE_CENTER_TO_FILTER', True))
+
+    def shuffle_points(self, config, section):
+        require_keys(config, ['SHUFFLE_ENABLED'], section)
+        require_keys(config.SHUFFLE_ENABLED, [self.mode], f'{section}.SHUFFLE_ENABLED')
+        return partial(shuffle_points_step, enabled=bool(config.SHUFFLE_ENABLED[self.mode]))
+
+    def _set_voxel_grid(self, config, section):
+        require_keys(config, ['VOXEL_SIZE'], section)
+        if len(config.VOXEL_SIZE) != 3:
+            raise ConfigError(f'{section}.VOXEL_SIZE must have 3 values (x, y, z), got {config.VOXEL_SIZE}')
+        self.voxel_size = [float(v) for v in config.VOXEL_SIZE]
+        self.grid_size = compute_grid_size(self.point_cloud_range, self.voxel_size)
+
+    def calculate_grid_size(self, config, section):
+        self._set_voxel_grid(config, section)
+        return unchanged_step
+
+    transform_points_to_voxels_placeholder = calculate_grid_size
+
+    def transform_points_to_voxels(self, config, section):
+        self._set_voxel_grid(config, section)
+        require_keys(config, ['MAX_POINTS_PER_VOXEL', 'MAX_NUMBER_OF_VOXELS'], section)
+        require_keys(config.MAX_NUMBER_OF_VOXELS, [self.mode], f'{section}.MAX_NUMBER_OF_VOXELS')
+        if config.get('DOUBLE_FLIP', False):
+            raise ConfigError(f'{section}.DOUBLE_FLIP (test-time flip augmentation) is not supported')
+        return partial(transform_points_to_voxels_step, point_cloud_range=self.point_cloud_range,
+                       voxel_size=self.voxel_size, grid_size=self.grid_size,
+                       max_points_per_voxel=int(config.MAX_POINTS_PER_VOXEL),
+                       max_voxels=int(config.MAX_NUMBER_OF_VOXELS[self.mode]))
+
+
+# ---- per-sample steps ----------------------------------------------------------------------------------------------
+
+def unchanged_step(data_dict):
+    return data_dict
+
+
+def mask_points_and_boxes_step(data_dict, point_cloud_range, use_z, filter_boxes, min_num_corners,
+                               use_center_to_filter):
+    if data_dict.get('points') is not None:
+        data_dict['points'] = data_dict['points'][points_in_range_mask(data_dict['points'], point_cloud_range, use_z)]
+    if filter_boxes and data_dict.get('gt_boxes') is not None:
+        keep = box_utils.mask_boxes_outside_range_numpy(data_dict['gt_boxes'], point_cloud_range,
+                                                        min_num_corners=min_num_corners,
+                                                        use_center_to_filter=use_center_to_filter)
+        data_dict['gt_boxes'] = data_dict['gt_boxes'][keep]
+        if data_dict.get('gt_names') is not None:
+            data_dict['gt_names'] = data_dict['gt_names'][keep]
+    return data_dict
+
+
+def shuffle_points_step(data_dict, enabled):
+    if enabled and data_dict.get('points') is not None:
+        data_dict['points'] = data_dict['points'][np.random.permutation(data_dict['points'].shape[0])]
+    return data_dict
+
+
+def transform_points_to_voxels_step(data_dict, point_cloud_range, voxel_size, grid_size, max_points_per_voxel,
+                                    max_voxels):
+    voxels, coords, num_points = hard_voxelize(data_dict['points'], point_cloud_range, voxel_size, grid_size,
+                                               max_points_per_voxel, max_voxels)
+    if not data_dict.get('use_lead_xyz', True):
+        voxels = voxels[..., 3:]
+    data_dict['voxels'] = voxels
+    data_dict['voxel_coords'] = coords
+    data_dict['voxel_num_points'] = num_points
+    return data_dict

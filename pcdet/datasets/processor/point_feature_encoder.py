@@ -1,0 +1,73 @@
+"""Select and order the per-point feature columns the model sees (spec §1.6).
+
+Config `DATA_CONFIG.POINT_FEATURE_ENCODING`: `encoding_type` (only `absolute_coordinates_encoding`),
+`src_feature_list` (the columns of the loaded points, must start with x, y, z), `used_feature_list` (the features to
+keep), optional `filter_sweeps` + `max_sweeps` (keep points whose rounded `timestamp` is among the first
+`max_sweeps` distinct values).
+
+data_dict keys
+    reads:  points (N, len(src_feature_list))
+    writes: points (N, num_point_features) = [x, y, z, used non-xyz features in used_feature_list order],
+            use_lead_xyz (bool, always True)
+"""
+import numpy as np
+
+from ...config import ConfigError, require_keys
+
+SECTION = 'DATA_CONFIG.POINT_FEATURE_ENCODING'
+XYZ = ('x', 'y', 'z')
+
+
+class PointFeatureEncoder:
+    ENCODING_TYPES = ('absolute_coordinates_encoding',)
+
+    def __init__(self, config, point_cloud_range=None):
+        require_keys(config, ['encoding_type', 'src_feature_list', 'used_feature_list'], SECTION)
+        if config.encoding_type not in self.ENCODING_TYPES:
+            raise ConfigError(f'{SECTION}.encoding_type: unknown {config.encoding_type!r}, '
+                              f'known: {list(self.ENCODING_TYPES)}')
+        self.point_encoding_config = config
+        self.src_feature_list = list(config.src_feature_list)
+        self.used_feature_list = list(config.used_feature_list)
+        self.point_cloud_range = point_cloud_range
+        if tuple(self.src_feature_list[0:3]) != XYZ:
+            raise ConfigError(f'{SECTION}.src_feature_list must start with x, y, z; got {self.src_feature_list}')
+        unknown = [name for name in self.used_feature_list if name not in self.src_feature_list]
+        if unknown:
+            raise ConfigError(f'{SECTION}.used_feature_list names {unknown}, which are not in '
+                              f'src_feature_list {self.src_feature_list}')
+        extra_features = [name for name in self.used_feature_list if name not in XYZ]
+        self._used_columns = [0, 1, 2] + [self.src_feature_list.index(name) for name in extra_features]
+
+    @property
+    def num_point_features(self):
+        """Columns of the encoded points: x, y, z + the used non-xyz features (= len(used_feature_list) upstream)."""
+        return len(self._used_columns)
+
+    def forward(self, data_dict):
+        points = data_dict['points']
+        if points.ndim != 2 or points.shape[-1] != len(self.src_feature_list):
+            raise ValueError(
+                f'points have {points.shape[-1] if points.ndim == 2 else points.shape} columns but '
+                f'{SECTION}.src_feature_list expects {len(self.src_feature_list)}: {self.src_feature_list}')
+        if self.point_encoding_config.get('filter_sweeps', False) and 'timestamp' in self.src_feature_list:
+            points = self._filter_sweeps(points)
+        data_dict['points'] = points[:, self._used_columns]
+        data_dict['use_lead_xyz'] = True
+        return data_dict
+
+    def absolute_coordinates_encoding(self, points=None):
+        """OpenPCDet-compatible entry point: feature count for `points=None`, else `(encoded, use_lead_xyz)`."""
+        if points is None:
+            return self.num_point_features
+        encoded = self.forward({'points': points})
+        return encoded['points'], encoded['use_lead_xyz']
+
+    def _filter_sweeps(self, points):
+        max_sweeps = int(self.point_encoding_config.max_sweeps)
+        time_lag = np.round(points[:, self.src_feature_list.index('timestamp')], 2)
+        distinct = np.unique(time_lag)
+        if len(distinct) == 0:
+            return points
+        newest_kept = distinct[min(len(distinct), max_sweeps) - 1]
+        return points[time_lag <= newest_kept]
