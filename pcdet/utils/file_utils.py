@@ -6,6 +6,12 @@ import tempfile
 from pathlib import Path
 
 
+def _default_file_mode():
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode='wb'):
     """Open a temporary sibling of `path` for writing; rename it onto `path` only if the block succeeds."""
@@ -17,6 +23,7 @@ def atomic_write(path, mode='wb'):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp_name, _default_file_mode())  # mkstemp creates 0600; shared data folders need the umask's mode
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

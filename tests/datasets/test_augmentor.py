@@ -198,3 +198,15 @@ def test_degenerate_scale_range_is_skipped():
     out = DataAugmentor('/nonexistent', config, ['car']).forward(dict(data))
     assert out['noise_scale'] == 1.0
     np.testing.assert_array_equal(out['points'], data['points'])
+
+
+def test_openpcdet_placeholder_disables_nothing_but_typos_fail():
+    from easydict import EasyDict
+    from pcdet.config import ConfigError
+    from pcdet.datasets.augmentor.data_augmentor import DataAugmentor
+    aug_cfg = EasyDict(DISABLE_AUG_LIST=['placeholder'],
+                       AUG_CONFIG_LIST=[EasyDict(NAME='random_world_flip', ALONG_AXIS_LIST=['x'])])
+    assert DataAugmentor(None, aug_cfg, ['car']).active_augmentations == ['random_world_flip']
+    aug_cfg.DISABLE_AUG_LIST = ['random_world_flp']
+    with pytest.raises(ConfigError, match='random_world_flp'):
+        DataAugmentor(None, aug_cfg, ['car'])

@@ -82,3 +82,18 @@ def test_create_logger_does_not_duplicate_handlers(tmp_path):
     for handler in logger.handlers:
         handler.close()
     logger.handlers.clear()
+
+
+def test_atomic_write_uses_umask_mode_and_cleans_up_on_error(tmp_path):
+    import os
+    from pcdet.utils.file_utils import atomic_save_text, atomic_write
+    target = tmp_path / 'info.pkl'
+    atomic_save_text('ok', target)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, 'w') as handle:
+            handle.write('half')
+            raise RuntimeError('interrupted')
+    assert target.read_text() == 'ok' and [p.name for p in tmp_path.iterdir()] == ['info.pkl']

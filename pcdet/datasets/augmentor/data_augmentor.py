@@ -60,8 +60,12 @@ class DataAugmentor:
         # One flag per queue entry, in shared memory so already-forked workers see changes.
         self._enabled = torch.ones(len(self.data_augmentor_queue), dtype=torch.bool).share_memory_()
 
+    # OpenPCDet configs write DISABLE_AUG_LIST: ['placeholder'] to mean "disable nothing"; any other unknown
+    # name is still rejected, so a typo cannot silently leave an augmentation on.
+    NO_OP_NAMES = ('placeholder',)
+
     def _check_known(self, name, where):
-        if name not in self.AUGMENTATIONS:
+        if name not in self.AUGMENTATIONS and name not in self.NO_OP_NAMES:
             raise ConfigError(f'{where}: unknown augmentation {name!r}; known: {list(self.AUGMENTATIONS)}')
 
     def _log(self, message):

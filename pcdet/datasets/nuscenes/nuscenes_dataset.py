@@ -1,0 +1,255 @@
+"""`NuScenesDataset` (OpenPCDet-compatible) and the `create_nuscenes_infos` CLI.
+
+Dataset cfg keys read: DATA_PATH, VERSION, MAX_SWEEPS, INFO_PATH {train, test}, PRED_VELOCITY,
+SET_NAN_VELOCITY_TO_ZEROS, FILTER_MIN_POINTS_IN_GT, BALANCED_RESAMPLING, optional EVAL_SET, plus DatasetTemplate's.
+`root_path` = DATA_PATH/VERSION (a relative DATA_PATH is resolved against the repo root, then the CWD, then tools/).
+
+Sample (`__getitem__`, before `prepare_data`): points (N, 5) float32 x, y, z, intensity, time_lag in the keyframe
+LiDAR frame; frame_id (lidar file stem); metadata {'token'}; gt_boxes (M, 9) / gt_names (M,) unless CLASS_NAMES is
+empty (self-supervised mode: no boxes at all). Sweeps: training draws MAX_SWEEPS-1 of them with
+`np.random.choice(..., replace=False)` as upstream; testing takes the first MAX_SWEEPS-1 in order (deterministic;
+upstream draws randomly at test time too, which only changes the point order when all sweeps are used).
+
+Info files are validated on load (list of dicts with the required keys, `info_schema` marker if present, enough
+sweeps for MAX_SWEEPS); a bad file raises InfoSchemaError naming it and saying to regenerate it.
+
+CLI (LiDAR only; camera infos, upstream's --with_cam, are not built):
+    python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos \\
+        --cfg_file tools/cfgs/dataset_configs/nuscenes_dataset.yaml --version v1.0-mini [--data_path DIR] \\
+        [--train_split NAME --val_split NAME]
+writes into DATA_PATH/VERSION: nuscenes_infos_{S}sweeps_{train,val}.pkl (v1.0-test: _test.pkl), then (train/val
+versions) the GT database (gt_database.py). Splits: v1.0-trainval -> train/val, v1.0-mini -> mini_train/mini_val,
+v1.0-test -> test; other names are custom splits from the devkit's `<dataroot>/<VERSION>/splits.json`
+({"my_train": [scene names], ...}, as read by nuscenes-devkit 1.2.0); evaluate on one with EVAL_SET or eval_set=.
+"""
+import argparse
+import copy
+import logging
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..dataset import DatasetTemplate
+from .nuscenes_utils import INFO_SCHEMA, REPO_ROOT, load_nusc, load_points_with_sweeps, resolve_data_path
+
+REQUIRED_INFO_KEYS = ('lidar_path', 'token', 'sweeps', 'ref_from_car', 'car_from_global', 'timestamp')
+GT_INFO_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes_velocity', 'gt_boxes_token', 'num_lidar_pts', 'num_radar_pts')
+CREATE_INFOS_COMMAND = ('python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos '
+                        '--cfg_file <dataset yaml> --version {version} --data_path {data_path}')
+
+
+class InfoSchemaError(ValueError):
+    """An info file does not follow the nuScenes info schema; the message names the file and the problem."""
+
+
+def info_problem(info, require_gt, min_sweeps):
+    """Description of what is wrong with one info dict, or None."""
+    if not isinstance(info, dict):
+        return f'an entry is a {type(info).__name__}, not a dict'
+    if info.get('info_schema', INFO_SCHEMA) != INFO_SCHEMA:
+        return f'info_schema is {info["info_schema"]!r}, this pcdet reads {INFO_SCHEMA!r}'
+    needs_gt = require_gt or any(key in info for key in GT_INFO_KEYS)
+    missing = [key for key in REQUIRED_INFO_KEYS + (GT_INFO_KEYS if needs_gt else ()) if key not in info]
+    if missing:
+        return f'missing keys {missing}'
+    gt_shape = np.shape(info['gt_boxes']) if needs_gt else (0, 9)
+    if len(gt_shape) != 2 or gt_shape[1] != 9 or gt_shape[0] != len(info['gt_names']):
+        return 'gt_boxes is not (N, 9) [x, y, z, l, w, h, yaw, vx, vy]'
+    if len(info['sweeps']) < min_sweeps:
+        return f'only {len(info["sweeps"])} sweeps per frame, MAX_SWEEPS needs {min_sweeps}'
+    return None
+
+
+def validate_infos(infos, info_path, require_gt=False, min_sweeps=0):
+    """Raise InfoSchemaError naming `info_path` unless `infos` is a list of valid info dicts (module docs)."""
+    if not isinstance(infos, list):
+        raise InfoSchemaError(f'{info_path} holds a {type(infos).__name__}, expected a list of info dicts; '
+                              f'regenerate with create_nuscenes_infos')
+    for index, info in enumerate(infos):
+        problem = info_problem(info, require_gt, min_sweeps)
+        if problem is not None:
+            raise InfoSchemaError(f'{info_path}: info {index}: {problem}; the file is outdated or not a pcdet '
+                                  f'nuScenes info file: regenerate with create_nuscenes_infos')
+
+
+def load_infos(info_path, require_gt=False, min_sweeps=0, create_hint=''):
+    """Load and validate one info pickle; a missing file raises FileNotFoundError naming it and `create_hint`."""
+    info_path = Path(info_path)
+    if not info_path.is_file():
+        raise FileNotFoundError(f'nuScenes info file {info_path} not found; create it with: {create_hint}')
+    with open(info_path, 'rb') as handle:
+        infos = pickle.load(handle)
+    validate_infos(infos, info_path, require_gt, min_sweeps)
+    return infos
+
+
+def balanced_infos_resampling(infos, class_names, logger=None):
+    """CBGS: per class, resample (with replacement, numpy global RNG) the frames containing it so that every class
+    gets an equal share; classes with no frame are skipped. Empty `class_names` returns `infos` unchanged."""
+    if not class_names:
+        return infos
+    frames_of_class = {name: [] for name in class_names}
+    for index, info in enumerate(infos):
+        for name in set(info['gt_names']):
+            if name in frames_of_class:
+                frames_of_class[name].append(index)
+    total = sum(len(frames) for frames in frames_of_class.values())
+    if total == 0:
+        return infos
+    sampled = []
+    for frames in frames_of_class.values():
+        if frames:
+            ratio = (1.0 / len(class_names)) / (len(frames) / total)
+            sampled += np.random.choice(frames, int(len(frames) * ratio)).tolist()
+    if logger is not None:
+        logger.info(f'CBGS: {len(infos)} frames -> {len(sampled)} after balanced resampling')
+    return [infos[index] for index in sampled]
+
+
+class NuScenesDataset(DatasetTemplate):
+    """nuScenes LiDAR detection dataset on OpenPCDet infos (see module docs for the sample contract)."""
+
+    def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):
+        data_path = Path(root_path) if root_path is not None else resolve_data_path(dataset_cfg.DATA_PATH)
+        super().__init__(dataset_cfg=dataset_cfg, class_names=class_names, training=training,
+                         root_path=data_path / dataset_cfg.VERSION, logger=logger)
+        self.infos = self.include_nuscenes_data(self.mode)
+        if self.training and self.dataset_cfg.get('BALANCED_RESAMPLING', False):
+            self.infos = balanced_infos_resampling(self.infos, self.class_names, self._log)
+
+    @property
+    def _log(self):
+        return self.logger or logging.getLogger(__name__)
+
+    def _create_hint(self):
+        return CREATE_INFOS_COMMAND.format(version=self.dataset_cfg.VERSION, data_path=self.root_path.parent)
+
+    def load_split_infos(self, mode):
+        """Concatenated, validated infos of INFO_PATH[mode] (paths relative to root_path)."""
+        if not self.root_path.is_dir():
+            raise FileNotFoundError(
+                f'nuScenes dataset root {self.root_path} (DATA_PATH/VERSION) does not exist; expected samples/, '
+                f'sweeps/, {self.dataset_cfg.VERSION}/ and the info files there. Create the infos with: '
+                f'{self._create_hint()}, or run python -m pcdet.datasets.synthetic.nuscenes --root {self.root_path} '
+                f'--version {self.dataset_cfg.VERSION} ... to create a synthetic dataset')
+        require_gt = mode == 'train' and bool(self.class_names)
+        min_sweeps = self.dataset_cfg.get('MAX_SWEEPS', 1) - 1
+        infos = []
+        for info_path in self.dataset_cfg.INFO_PATH[mode]:
+            infos += load_infos(self.root_path / info_path, require_gt, min_sweeps, self._create_hint())
+        return infos
+
+    def include_nuscenes_data(self, mode):
+        infos = self.load_split_infos(mode)
+        self._log.info(f'Total samples for NuScenes dataset ({mode}): {len(infos)}')
+        return infos
+
+    def get_lidar_with_sweeps(self, index, max_sweeps=1):
+        """(N, 5) float32 x, y, z, intensity, time_lag: keyframe + max_sweeps-1 sweeps (module docs)."""
+        info = self.infos[index]
+        num_sweeps = max_sweeps - 1
+        if num_sweeps > len(info['sweeps']):
+            raise ValueError(f'frame {info["token"]} has {len(info["sweeps"])} sweeps, {num_sweeps} requested; '
+                             f'regenerate the infos with MAX_SWEEPS >= {max_sweeps}')
+        if self.training:
+            sweep_indices = np.random.choice(len(info['sweeps']), num_sweeps, replace=False)
+        else:
+            sweep_indices = range(num_sweeps)
+        return load_points_with_sweeps(self.root_path, info, sweep_indices)
+
+    def __len__(self):
+        if getattr(self, '_merge_all_iters_to_one_epoch', False):
+            return len(self.infos) * self.total_epochs
+        return len(self.infos)
+
+    def __getitem__(self, index):
+        if getattr(self, '_merge_all_iters_to_one_epoch', False):
+            index = index % len(self.infos)
+        info = copy.deepcopy(self.infos[index])
+        input_dict = {
+            'points': self.get_lidar_with_sweeps(index, max_sweeps=self.dataset_cfg.MAX_SWEEPS),
+            'frame_id': Path(info['lidar_path']).stem,
+            'metadata': {'token': info['token']},
+        }
+        if 'gt_boxes' in info and self.class_names:
+            mask = None
+            if self.dataset_cfg.get('FILTER_MIN_POINTS_IN_GT', False):
+                mask = info['num_lidar_pts'] > self.dataset_cfg.FILTER_MIN_POINTS_IN_GT - 1
+            input_dict['gt_names'] = info['gt_names'] if mask is None else info['gt_names'][mask]
+            input_dict['gt_boxes'] = info['gt_boxes'] if mask is None else info['gt_boxes'][mask]
+        data_dict = self.prepare_data(data_dict=input_dict)
+        if 'gt_boxes' in data_dict:
+            if self.dataset_cfg.get('SET_NAN_VELOCITY_TO_ZEROS', False):
+                data_dict['gt_boxes'][np.isnan(data_dict['gt_boxes'])] = 0
+            if not self.dataset_cfg.get('PRED_VELOCITY', True):
+                data_dict['gt_boxes'] = data_dict['gt_boxes'][:, [0, 1, 2, 3, 4, 5, 6, -1]]
+        return data_dict
+
+    def evaluation(self, det_annos, class_names, **kwargs):
+        """Official nuScenes detection metrics (nuscenes_eval); kwargs: output_path, eval_set (default EVAL_SET or
+        the version's val split), eval_metric (ignored). Returns (result_str, result_dict)."""
+        from .nuscenes_eval import evaluate_nuscenes
+        output_path = kwargs.get('output_path') or tempfile.mkdtemp(prefix='nuscenes_eval_')
+        nusc = load_nusc(self.root_path, self.dataset_cfg.VERSION, verbose=False)
+        eval_set = kwargs.get('eval_set') or self.dataset_cfg.get('EVAL_SET')
+        return evaluate_nuscenes(det_annos, class_names, nusc, output_path, eval_set=eval_set, logger=self._log)
+
+    def create_groundtruth_database(self, used_classes=None, max_sweeps=10):
+        """GT database from the train infos of INFO_PATH['train'] (see gt_database)."""
+        from .gt_database import create_groundtruth_database
+        infos = self.load_split_infos('train')
+        return create_groundtruth_database(self.root_path, infos, max_sweeps, used_classes, logger=self._log)
+
+
+def create_nuscenes_infos(dataset_cfg, version, data_path, train_split=None, val_split=None, logger=None):
+    """Infos for the version's splits, then (train/val versions) the GT database; all under DATA_PATH/VERSION."""
+    from .gt_database import create_groundtruth_database
+    from .nuscenes_utils import create_nuscenes_info
+    dataroot = Path(data_path) / version
+    max_sweeps = dataset_cfg.MAX_SWEEPS
+    info_paths = create_nuscenes_info(version, dataroot, dataroot, max_sweeps, train_split, val_split, logger)
+    if 'train' in info_paths:
+        train_infos = load_infos(info_paths['train'], require_gt=True, min_sweeps=max_sweeps - 1)
+        create_groundtruth_database(dataroot, train_infos, max_sweeps, logger=logger)
+    return info_paths
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Create nuScenes infos + GT database (OpenPCDet format) through nuscenes-devkit. LiDAR only: '
+                    'camera infos (upstream --with_cam) are not built.')
+    parser.add_argument('--func', default='create_nuscenes_infos', choices=['create_nuscenes_infos'])
+    parser.add_argument('--cfg_file', default='tools/cfgs/dataset_configs/nuscenes_dataset.yaml')
+    parser.add_argument('--version', default=None,
+                        help='v1.0-trainval | v1.0-mini | v1.0-test (default: VERSION of the cfg)')
+    parser.add_argument('--data_path', default=None,
+                        help='overrides DATA_PATH (default: DATA_PATH of the cfg, relative to the repo root); the '
+                             'devkit dataroot is DATA_PATH/VERSION and all outputs go there')
+    parser.add_argument('--train_split', default=None,
+                        help='scene split for the train infos (default train / mini_train); a name that is not a '
+                             'devkit split is read from <dataroot>/<version>/splits.json {"name": [scene names]}')
+    parser.add_argument('--val_split', default=None, help='scene split for the val infos (default val / mini_val)')
+    parser.add_argument('--with_cam', action='store_true', help='not supported (LiDAR-only infos)')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    from pcdet.config import cfg_from_yaml_file
+    from pcdet.utils.common_utils import create_logger
+    args = parse_args(argv)
+    if args.with_cam:
+        raise SystemExit('--with_cam is not supported: pcdet builds LiDAR-only nuScenes infos')
+    cfg_file = Path(args.cfg_file)
+    if not cfg_file.is_file() and not cfg_file.is_absolute() and (REPO_ROOT / cfg_file).is_file():
+        cfg_file = REPO_ROOT / cfg_file  # run from outside the repo root
+    dataset_cfg = cfg_from_yaml_file(cfg_file)
+    version = args.version or dataset_cfg.VERSION
+    data_path = Path(args.data_path) if args.data_path else resolve_data_path(dataset_cfg.DATA_PATH)
+    dataset_cfg.VERSION = version
+    create_nuscenes_infos(dataset_cfg, version, data_path, args.train_split, args.val_split, create_logger())
+
+
+if __name__ == '__main__':
+    main()
