@@ -1,0 +1,10 @@
+"""Dense (BEV) heads registry: `DENSE_HEAD.NAME` -> class (OpenPCDet's `__all__` dict).
+
+Constructor kwargs (spec §1.7): `model_cfg, input_channels, num_class, class_names, grid_size, point_cloud_range,
+predict_boxes_when_training, voxel_size`.
+"""
+from .center_head import CenterHead
+
+__all__ = {
+    'CenterHead': CenterHead,
+}

@@ -1,0 +1,21 @@
+"""Detector registry (`MODEL.NAME` -> class) and `build_detector`.
+
+Every detector takes `(model_cfg, num_class, dataset)` where `dataset` is a dataset or a
+`detector3d_template.ModelGeometry` (see `pcdet.models.build.build_network`).
+"""
+from .centerpoint import CenterPoint
+from .detector3d_template import Detector3DTemplate, ModelGeometry
+
+__all__ = {
+    'Detector3DTemplate': Detector3DTemplate,
+    'CenterPoint': CenterPoint,
+}
+
+
+def build_detector(model_cfg, num_class, dataset):
+    """`__all__[model_cfg.NAME](model_cfg=model_cfg, num_class=num_class, dataset=dataset)`."""
+    name = model_cfg.get('NAME', None) if hasattr(model_cfg, 'get') else None
+    if name not in __all__ or name == 'Detector3DTemplate':
+        known = sorted(k for k in __all__ if k != 'Detector3DTemplate')
+        raise KeyError(f'MODEL.NAME: unknown detector {name!r}; known: {known}')
+    return __all__[name](model_cfg=model_cfg, num_class=num_class, dataset=dataset)

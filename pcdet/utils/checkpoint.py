@@ -1,0 +1,235 @@
+"""Checkpoint loading (OpenPCDet layout) with an explicit report of what was and was not loaded.
+
+Layout (spec §1.10): `{'model_state': state_dict, 'optimizer_state': ..., 'epoch': int, 'it': int,
+'version': 'pcdet+<version>'}`; a bare state dict is accepted too.
+
+* `load_params_from_file(model, filename, logger, to_cpu=True, strict=False, ...) -> LoadReport`: loads every
+  checkpoint tensor whose key and shape match the model, logs `Not updated weight <key>: <shape>` for every model
+  key left at its current value and `==> Done (loaded X/Y)` as upstream, plus the unexpected and shape-mismatched
+  keys. Raises `CheckpointMismatchError` when `strict` and anything is missing / unexpected / mismatched, or when
+  fewer than `min_matched_fraction` of the model's keys were loaded (another architecture, wrong file).
+* `load_params_with_optimizer(model, filename, to_cpu, optimizer, logger) -> (it, epoch)`: resume.
+
+The save side (`checkpoint_state`, `save_checkpoint`, resume with scheduler / scaler / RNG state) lives in
+`pcdet.training.checkpointing`; its files are a superset of this layout.
+
+Files are read with `torch.load(weights_only=True)` by default: checkpoints are data, not code. Pass
+`weights_only=False` only for a file you trust that holds other pickled objects.
+"""
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+DEFAULT_MIN_MATCHED_FRACTION = 0.5
+_LIST_LIMIT = 20  # keys listed per category in error messages
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint does not fit the model (strict load, or too few keys matched)."""
+
+
+@dataclass
+class LoadReport:
+    """What `load_params_from_file` did. Keys are state-dict names of the model."""
+    filename: str
+    loaded: list = field(default_factory=list)
+    missing: list = field(default_factory=list)          # in the model, not in the checkpoint
+    unexpected: list = field(default_factory=list)       # in the checkpoint, not in the model
+    shape_mismatch: dict = field(default_factory=dict)   # key -> (checkpoint shape, model shape)
+    num_model_keys: int = 0
+    version: str = None
+    epoch: int = None
+
+    @property
+    def num_loaded(self):
+        return len(self.loaded)
+
+    @property
+    def matched_fraction(self):
+        return self.num_loaded / max(self.num_model_keys, 1)
+
+    @property
+    def is_exact(self):
+        return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    def summary(self):
+        return (f'loaded {self.num_loaded}/{self.num_model_keys} model tensors from {self.filename}: '
+                f'{len(self.missing)} missing, {len(self.unexpected)} unexpected, '
+                f'{len(self.shape_mismatch)} shape-mismatched')
+
+
+def _prefixes(keys):
+    return sorted({key.split('.')[0] for key in keys})
+
+
+def _listing(title, items):
+    items = list(items)
+    if not items:
+        return ''
+    shown = ', '.join(items[:_LIST_LIMIT])
+    more = f' ... (+{len(items) - _LIST_LIMIT} more)' if len(items) > _LIST_LIMIT else ''
+    return f'\n  {title} ({len(items)}): {shown}{more}'
+
+
+def _per_module_counts(report, model_keys):
+    """'vfe 12/12, backbone_3d 0/300, ...': loaded / model keys per top-level module."""
+    loaded = set(report.loaded)
+    parts = []
+    for prefix in _prefixes(model_keys):
+        keys = [k for k in model_keys if k.split('.')[0] == prefix]
+        parts.append(f'{prefix} {sum(k in loaded for k in keys)}/{len(keys)}')
+    return ', '.join(parts)
+
+
+def _mismatch_message(report, reason, model_keys, ckpt_keys):
+    mism = [f'{k} checkpoint {tuple(a)} vs model {tuple(b)}' for k, (a, b) in report.shape_mismatch.items()]
+    return (f'Checkpoint {report.filename} does not match the model ({reason}): {report.summary()}.'
+            f'\n  loaded per model module: {_per_module_counts(report, model_keys)}'
+            f'\n  model top-level modules: {_prefixes(model_keys)}'
+            f'\n  checkpoint top-level modules: {_prefixes(ckpt_keys)}'
+            + _listing('shape mismatches', mism)
+            + _listing('missing in checkpoint', report.missing)
+            + _listing('unexpected in checkpoint', report.unexpected)
+            + '\n  Is this a checkpoint of another architecture or config? For a deliberate partial load pass '
+              'strict=False and a lower min_matched_fraction.')
+
+
+def read_checkpoint(filename, to_cpu=True, weights_only=True, map_location=None):
+    """`torch.load` a checkpoint; `to_cpu` maps storages to CPU (else `map_location`, default: as saved)."""
+    filename = Path(filename)
+    if not filename.is_file():
+        raise FileNotFoundError(f'Checkpoint not found: {filename}')
+    location = torch.device('cpu') if to_cpu else map_location
+    return torch.load(str(filename), map_location=location, weights_only=weights_only)
+
+
+def _model_state_of(checkpoint, filename):
+    if isinstance(checkpoint, dict) and 'model_state' in checkpoint:
+        return checkpoint['model_state']
+    if isinstance(checkpoint, dict) and checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint  # a bare state dict
+    keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+    raise CheckpointMismatchError(f'{filename} is not an OpenPCDet checkpoint: no "model_state" entry '
+                                  f'(top-level keys: {keys})')
+
+
+def filter_matching_state(model_state, checkpoint_state):
+    """Split a checkpoint state dict against a model's.
+
+    Returns:
+        (update_state: {key: tensor} with matching key and shape, shape_mismatch: {key: (ckpt shape, model shape)}).
+    """
+    update_state, shape_mismatch = {}, {}
+    for key, value in checkpoint_state.items():
+        if key not in model_state:
+            continue
+        if tuple(model_state[key].shape) == tuple(value.shape):
+            update_state[key] = value
+        else:
+            shape_mismatch[key] = (tuple(value.shape), tuple(model_state[key].shape))
+    return update_state, shape_mismatch
+
+
+def _log(logger):
+    return logger if logger is not None else logging.getLogger('pcdet')
+
+
+def load_params_from_file(model, filename, logger=None, to_cpu=True, strict=False, pre_trained_path=None,
+                          min_matched_fraction=DEFAULT_MIN_MATCHED_FRACTION, weights_only=True):
+    """Load `checkpoint['model_state']` into `model` and report what happened.
+
+    Args:
+        model: nn.Module (a DDP wrapper is unwrapped).
+        filename: checkpoint path. to_cpu: map tensors to CPU while reading (they are then copied into the
+            model's parameters, on whatever device those live).
+        strict: raise unless every model key is loaded and no checkpoint key is left over.
+        pre_trained_path: optional second checkpoint whose `model_state` entries override the first (upstream).
+        min_matched_fraction: raise when fewer than this fraction of the model's state-dict keys are loaded
+            (0 disables the check; a deliberate partial load, e.g. a pretrained backbone, may need a lower value).
+    Returns:
+        LoadReport.
+    Raises:
+        CheckpointMismatchError with the counts, the top-level modules on both sides and the offending keys.
+    """
+    logger = _log(logger)
+    model = getattr(model, 'module', model)
+    checkpoint = read_checkpoint(filename, to_cpu=to_cpu, weights_only=weights_only)
+    logger.info('==> Loading parameters from checkpoint %s to %s', filename, 'CPU' if to_cpu else 'GPU')
+    model_state_disk = dict(_model_state_of(checkpoint, filename))
+    if pre_trained_path is not None:
+        pretrained = read_checkpoint(pre_trained_path, to_cpu=to_cpu, weights_only=weights_only)
+        model_state_disk.update(_model_state_of(pretrained, pre_trained_path))
+
+    version = checkpoint.get('version', None) if isinstance(checkpoint, dict) else None
+    if version is not None:
+        logger.info('==> Checkpoint trained from version: %s', version)
+
+    model_state = model.state_dict()
+    update_state, shape_mismatch = filter_matching_state(model_state, model_state_disk)
+    report = LoadReport(
+        filename=str(filename),
+        loaded=sorted(update_state),
+        missing=sorted(k for k in model_state if k not in model_state_disk),
+        unexpected=sorted(k for k in model_state_disk if k not in model_state),
+        shape_mismatch=shape_mismatch,
+        num_model_keys=len(model_state),
+        version=version,
+        epoch=checkpoint.get('epoch', None) if isinstance(checkpoint, dict) else None,
+    )
+    if strict and not report.is_exact:
+        raise CheckpointMismatchError(_mismatch_message(report, 'strict load', model_state, model_state_disk))
+    if report.matched_fraction < min_matched_fraction:
+        raise CheckpointMismatchError(_mismatch_message(
+            report, f'only {report.matched_fraction:.0%} of the model keys match, below min_matched_fraction='
+                    f'{min_matched_fraction}', model_state, model_state_disk))
+
+    model_state.update(update_state)
+    model.load_state_dict(model_state, strict=True)
+
+    for key in sorted(set(model_state) - set(update_state)):
+        logger.info('Not updated weight %s: %s', key, tuple(model_state[key].shape))
+    for key, (ckpt_shape, model_shape) in shape_mismatch.items():
+        logger.info('Shape mismatch %s: checkpoint %s, model %s', key, ckpt_shape, model_shape)
+    if report.unexpected:
+        logger.info('Unexpected keys in checkpoint (%d): %s', len(report.unexpected),
+                    ', '.join(report.unexpected[:_LIST_LIMIT]))
+    logger.info('==> Done (loaded %d/%d)', report.num_loaded, report.num_model_keys)
+    return report
+
+
+def load_params_with_optimizer(model, filename, to_cpu=False, optimizer=None, logger=None, weights_only=True):
+    """Resume training: load weights strictly (matching keys), restore `optimizer_state`; returns `(it, epoch)`.
+
+    As upstream, a sibling `<name>_optim.pth` is used when the checkpoint has no `optimizer_state`.
+    """
+    logger = _log(logger)
+    model = getattr(model, 'module', model)
+    checkpoint = read_checkpoint(filename, to_cpu=to_cpu, weights_only=weights_only)
+    logger.info('==> Loading parameters from checkpoint %s to %s', filename, 'CPU' if to_cpu else 'GPU')
+    epoch = checkpoint.get('epoch', -1)
+    it = checkpoint.get('it', 0.0)
+
+    model_state = model.state_dict()
+    update_state, _ = filter_matching_state(model_state, _model_state_of(checkpoint, filename))
+    model.load_state_dict(update_state, strict=False)
+    if len(update_state) != len(model_state):
+        missing = sorted(set(model_state) - set(update_state))
+        raise CheckpointMismatchError(f'Resume from {filename}: {len(missing)} model keys are missing or '
+                                      f'shape-mismatched' + _listing('keys', missing))
+
+    if optimizer is not None:
+        if checkpoint.get('optimizer_state', None) is not None:
+            logger.info('==> Loading optimizer parameters from checkpoint %s', filename)
+            optimizer.load_state_dict(checkpoint['optimizer_state'])
+        else:
+            optimizer_filename = Path(str(filename)[:-4] + '_optim.pth') if str(filename).endswith('.pth') else None
+            if optimizer_filename is not None and optimizer_filename.exists():
+                optimizer_ckpt = read_checkpoint(optimizer_filename, to_cpu=to_cpu, weights_only=weights_only)
+                optimizer.load_state_dict(optimizer_ckpt['optimizer_state'])
+
+    if 'version' in checkpoint:
+        logger.info('==> Checkpoint trained from version: %s', checkpoint['version'])
+    logger.info('==> Done')
+    return it, epoch
