@@ -251,6 +251,7 @@ def test_custom_splits_from_splits_json(built, tmp_path, synthetic_nuscenes_vers
     for table in (dataroot / synthetic_nuscenes_version).iterdir():
         (tables / table.name).symlink_to(table.resolve())
     names = sorted(scene['name'] for scene in nusc.scene)
+    (tables / 'splits.json').unlink(missing_ok=True)  # a symlink into the shared fixture: never write through it
     (tables / 'splits.json').write_text(json.dumps({'my_train': names[:3], 'my_val': names[3:4]}))
     written = create_nuscenes_info(synthetic_nuscenes_version, dataroot_copy, max_sweeps=2,
                                    train_split='my_train', val_split='my_val')

@@ -1,0 +1,68 @@
+"""Rerun policy of the synthetic writers, based on a manifest written next to the tables.
+
+The manifest records the generation arguments, the status ('writing' or 'complete') and every file the run
+writes (paths relative to the dataroot). On a rerun:
+  * same arguments, status 'complete', no `overwrite`  -> skip (nothing is touched);
+  * otherwise -> delete exactly the files the previous manifest lists, then write everything again.
+A folder that already holds dataset tables but no manifest is not ours (e.g. a real nuScenes download): we
+refuse to write into it. Writing the manifest first with status 'writing' (and the full planned file list) means
+an interrupted run is cleaned up by the next one.
+"""
+import json
+from pathlib import Path
+
+from ...utils.file_utils import atomic_save_text
+
+
+def read_manifest(manifest_path):
+    """The manifest dict, or None when there is none."""
+    manifest_path = Path(manifest_path)
+    if not manifest_path.is_file():
+        return None
+    return json.loads(manifest_path.read_text())
+
+
+def prepare_output(dataroot, manifest_path, arguments, overwrite, foreign_marker_glob):
+    """Decide whether to write, cleaning up a previous synthetic run when needed.
+
+    Args:
+        dataroot: folder all manifest paths are relative to.
+        manifest_path: where the manifest lives.
+        arguments: JSON-able dict of generation arguments (what makes two runs identical).
+        overwrite: regenerate even when an identical complete dataset exists.
+        foreign_marker_glob: glob (relative to the manifest's folder) whose matches, without a manifest, mean
+            the folder holds a dataset we did not write.
+    Returns:
+        True to generate, False to skip (an identical complete dataset is already there).
+    Raises:
+        FileExistsError when the folder holds a dataset that was not written by the synthetic generator.
+    """
+    dataroot, manifest_path = Path(dataroot), Path(manifest_path)
+    manifest = read_manifest(manifest_path)
+    if manifest is None:
+        foreign = sorted(manifest_path.parent.glob(foreign_marker_glob)) if manifest_path.parent.is_dir() else []
+        if foreign:
+            raise FileExistsError(
+                f'{manifest_path.parent} already holds dataset tables ({foreign[0].name}, ...) that were not written '
+                f'by the synthetic generator (no {manifest_path.name}); choose another --root or remove them')
+        return True
+    if manifest.get('status') == 'complete' and manifest.get('arguments') == arguments and not overwrite:
+        return False
+    remove_listed_files(dataroot, manifest.get('files', []))
+    return True
+
+
+def remove_listed_files(dataroot, relative_paths):
+    """Delete the listed files under `dataroot` (missing ones are fine; nothing outside `dataroot` is touched)."""
+    dataroot = Path(dataroot).resolve()
+    for relative in relative_paths:
+        path = (dataroot / relative).resolve()
+        if dataroot not in path.parents:
+            raise ValueError(f'manifest entry {relative!r} points outside {dataroot}')
+        path.unlink(missing_ok=True)
+
+
+def write_manifest(manifest_path, generator, arguments, files, status):
+    """Write the manifest atomically. `files` are dataroot-relative paths."""
+    manifest = {'generator': generator, 'status': status, 'arguments': arguments, 'files': sorted(files)}
+    atomic_save_text(json.dumps(manifest, indent=1) + '\n', manifest_path)

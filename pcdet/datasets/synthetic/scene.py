@@ -1,0 +1,243 @@
+"""Scene model of the synthetic world: ego trajectory, annotated objects and static clutter.
+
+Dataset-agnostic and pure numpy: a scene knows nothing about file formats, only geometry over time.
+Frames: everything here is in the GLOBAL frame (x, y on a flat ground plane at z = 0, z up, metres); time `t`
+is in seconds relative to the scene's reference time (a writer picks what t = 0 means, e.g. the first key
+frame). Boxes are `[x, y, z, dx, dy, dz, heading, vx, vy]` with (x, y, z) the geometric centre, dx the length
+along the heading, heading CCW from +x (docs/CONVENTIONS.md).
+
+Build scenes with `simulate_scene(SceneConfig(...), np.random.default_rng(seed))`; the result is fully
+determined by the config and the generator state.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import catalog
+from .geometry import pose_matrix, rotation_matrix_from_rpy
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Everything `simulate_scene` needs; all distances in metres, times in seconds, speeds in m/s.
+
+    Attributes:
+        t_start, t_end: time span over which the scene must be valid (objects never overlap each other or the
+            ego path inside it). Writers use their first and last LiDAR timestamps.
+        num_objects: objects of the 10 detection classes per scene (at least one per class when
+            `ensure_every_class`, even if `num_objects` is smaller).
+        num_ignore_objects: extra objects of kinds outside the detection classes (animals, pushable objects).
+        num_walls, num_poles, num_trees: static clutter counts (a tree is a trunk box plus an ellipsoid crown).
+        ego_speed_range: ego speed is drawn from it and kept constant.
+        ego_yaw_rate_range: |yaw rate| (rad/s) drawn from it with a random sign, so the path is a circular arc.
+        road_half_width: ground within this distance of the ego path's circle is 'road', else 'sidewalk'.
+        ego_clearance: minimum BEV distance between the ego origin's path and any object or clutter footprint.
+        object_gap: minimum BEV gap between two footprints at any checked time.
+        collision_check_step_s: time step of the overlap checks.
+        placement_range: max longitudinal offset (along the road) of an object from its anchor ego pose.
+        near_range: the guaranteed one-object-per-class instances are placed within this offset and lateral
+            distance so that they get LiDAR points.
+        box_ground_clearance: annotation boxes float this high above the ground so ground returns (with range
+            noise) never fall inside a box.
+        surface_inset: the ray-cast shape is the annotation box shrunk by this much on every side, so every
+            object return stays inside its box despite range noise (keep it above the LiDAR noise clip).
+        max_placement_tries: rejection-sampling attempts per object before it is dropped.
+    """
+    t_start: float = 0.0
+    t_end: float = 4.5
+    num_objects: int = 30
+    num_ignore_objects: int = 2
+    ensure_every_class: bool = True
+    num_walls: int = 8
+    num_poles: int = 12
+    num_trees: int = 10
+    ego_speed_range: tuple = (2.0, 9.0)
+    ego_yaw_rate_range: tuple = (0.02, 0.12)
+    road_half_width: float = 7.0
+    ego_clearance: float = 2.2
+    object_gap: float = 0.5
+    collision_check_step_s: float = 0.05
+    placement_range: float = 40.0
+    near_range: float = 14.0
+    box_ground_clearance: float = 0.03
+    surface_inset: float = 0.05
+    max_placement_tries: int = 300
+
+    def __post_init__(self):
+        if not self.t_end > self.t_start:
+            raise ValueError(f'SceneConfig needs t_end > t_start, got [{self.t_start}, {self.t_end}]')
+        if not 0 < self.ego_yaw_rate_range[0] <= self.ego_yaw_rate_range[1]:
+            raise ValueError('ego_yaw_rate_range must be positive and increasing (the path is a circular arc)')
+        if not 0 < self.ego_speed_range[0] <= self.ego_speed_range[1]:
+            raise ValueError('ego_speed_range must be positive and increasing')
+
+    def check_times(self):
+        """(T,) times at which non-overlap is enforced (both ends included)."""
+        steps = max(1, int(np.ceil((self.t_end - self.t_start) / self.collision_check_step_s - 1e-9)))
+        return np.linspace(self.t_start, self.t_end, steps + 1)
+
+
+@dataclass(frozen=True)
+class EgoTrajectory:
+    """Constant speed and yaw rate: the ego origin (rear axle on the ground) drives along a circular arc.
+
+    Attributes: start_xy (2,) and start_yaw at t = 0, speed (m/s), yaw_rate (rad/s, non-zero).
+    """
+    start_xy: tuple
+    start_yaw: float
+    speed: float
+    yaw_rate: float
+
+    def pose2d_at(self, t):
+        """(x, y, yaw) arrays shaped like `t` (global frame)."""
+        t = np.asarray(t, dtype=np.float64)
+        yaw = self.start_yaw + self.yaw_rate * t
+        radius = self.speed / self.yaw_rate
+        x = self.start_xy[0] + radius * (np.sin(yaw) - np.sin(self.start_yaw))
+        y = self.start_xy[1] - radius * (np.cos(yaw) - np.cos(self.start_yaw))
+        return x, y, yaw
+
+    def pose_at(self, t):
+        """4x4 `global_from_ego` at scalar time `t` (ego on the flat ground: z = 0, no roll / pitch)."""
+        x, y, yaw = self.pose2d_at(float(t))
+        return pose_matrix(rotation_matrix_from_rpy(0.0, 0.0, float(yaw)), [float(x), float(y), 0.0])
+
+    def distance_to_road_centre(self, xy):
+        """(N, 2) global points -> (N,) distance to the circle the ego drives on (the road's centre line)."""
+        radius = self.speed / self.yaw_rate
+        centre = np.array([self.start_xy[0] - radius * np.sin(self.start_yaw),
+                           self.start_xy[1] + radius * np.cos(self.start_yaw)])
+        return np.abs(np.hypot(xy[:, 0] - centre[0], xy[:, 1] - centre[1]) - abs(radius))
+
+
+@dataclass(frozen=True)
+class SceneObjects:
+    """M annotated objects moving with constant velocity along straight lines.
+
+    Attributes:
+        kinds: (M,) generic kind names (`catalog.OBJECT_KINDS`); subtypes: (M,) subtype names.
+        sizes: (M, 3) [dx (length), dy (width), dz (height)].
+        centers_t0: (M, 3) box centres at t = 0 (z = box_ground_clearance + dz / 2).
+        headings: (M,) yaw of the length axis. velocities: (M, 2) [vx, vy] (zero for static objects).
+        motion_states: (M,) 'moving', 'stopped' (vehicles at rest on the road), 'parked' or 'static'.
+        has_rider: (M,) bool, True for cycles with a rider. reflectivity: (M,) base intensity 0..255.
+    """
+    kinds: tuple
+    subtypes: tuple
+    sizes: np.ndarray
+    centers_t0: np.ndarray
+    headings: np.ndarray
+    velocities: np.ndarray
+    motion_states: tuple
+    has_rider: np.ndarray
+    reflectivity: np.ndarray
+
+
+@dataclass(frozen=True)
+class SceneClutter:
+    """K static primitives that are not annotated: walls, poles, tree trunks (boxes) and crowns (ellipsoids).
+
+    Attributes:
+        shapes: (K, 7) [x, y, z, dx, dy, dz, yaw]; for ellipsoids dx, dy, dz are the full axis lengths.
+        is_ellipsoid: (K,) bool. semantic: (K,) index into `catalog.SEMANTIC_CLASSES`.
+        reflectivity: (K,) base intensity 0..255.
+    """
+    shapes: np.ndarray
+    is_ellipsoid: np.ndarray
+    semantic: np.ndarray
+    reflectivity: np.ndarray
+
+
+@dataclass(frozen=True)
+class Primitives:
+    """Everything a ray can hit besides the ground, at one instant (global frame).
+
+    Attributes:
+        shapes: (K, 7) [x, y, z, dx, dy, dz, yaw] boxes or ellipsoids. is_ellipsoid: (K,) bool.
+        semantic: (K,) index into `catalog.SEMANTIC_CLASSES`. object_id: (K,) object index, -1 for clutter.
+        reflectivity: (K,) base intensity.
+    """
+    shapes: np.ndarray
+    is_ellipsoid: np.ndarray
+    semantic: np.ndarray
+    object_id: np.ndarray
+    reflectivity: np.ndarray
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A simulated scene; query it at any time `t` (seconds)."""
+    config: SceneConfig
+    trajectory: EgoTrajectory
+    objects: SceneObjects
+    clutter: SceneClutter
+
+    @property
+    def num_objects(self):
+        return len(self.objects.kinds)
+
+    @property
+    def instance_ids(self):
+        """(M,) stable object ids (row index in every per-object array)."""
+        return np.arange(self.num_objects)
+
+    @property
+    def class_names(self):
+        """(M,) generic kind names of the objects."""
+        return self.objects.kinds
+
+    def ego_pose_at(self, t):
+        """4x4 `global_from_ego` at time `t`."""
+        return self.trajectory.pose_at(t)
+
+    def object_boxes_at(self, t):
+        """(M, 9) annotation boxes `[x, y, z, dx, dy, dz, heading, vx, vy]` in the global frame at time `t`."""
+        objects = self.objects
+        centers = objects.centers_t0.copy()
+        centers[:, 0:2] += objects.velocities * t
+        return np.concatenate([centers, objects.sizes, objects.headings[:, None], objects.velocities], axis=1)
+
+    def object_shapes_at(self, t):
+        """(M, 7) the surfaces rays hit: annotation boxes shrunk by `surface_inset` on every side."""
+        boxes = self.object_boxes_at(t)[:, 0:7]
+        boxes[:, 3:6] -= 2 * self.config.surface_inset
+        return boxes
+
+    def ground_semantic(self, xy):
+        """(N, 2) global ground points -> (N,) semantic index: 'road' near the ego path, else 'sidewalk'."""
+        on_road = self.trajectory.distance_to_road_centre(xy) <= self.config.road_half_width
+        return np.where(on_road, catalog.semantic_index('road'), catalog.semantic_index('sidewalk'))
+
+    def primitives_at(self, t):
+        """All hittable primitives (objects first, then clutter) at time `t`."""
+        objects, clutter = self.objects, self.clutter
+        num_objects, num_clutter = self.num_objects, len(clutter.semantic)
+        object_semantic = np.array([catalog.semantic_index(k) for k in objects.kinds], dtype=np.int64)
+        return Primitives(
+            shapes=np.concatenate([self.object_shapes_at(t).reshape(-1, 7), clutter.shapes.reshape(-1, 7)]),
+            is_ellipsoid=np.concatenate([np.zeros(num_objects, dtype=bool), clutter.is_ellipsoid]),
+            semantic=np.concatenate([object_semantic, clutter.semantic.astype(np.int64)]),
+            object_id=np.concatenate([np.arange(num_objects), -np.ones(num_clutter, dtype=np.int64)]),
+            reflectivity=np.concatenate([objects.reflectivity, clutter.reflectivity]).astype(np.float64),
+        )
+
+
+def simulate_scene(config, rng):
+    """Draw a scene: ego trajectory, then objects, then clutter, each placed by rejection sampling.
+
+    Args:
+        config: SceneConfig.
+        rng: np.random.Generator; the scene is a pure function of (config, rng state).
+    Returns:
+        Scene.
+    """
+    from .placement import place_clutter, place_objects  # placement depends on the classes defined here
+
+    speed = rng.uniform(*config.ego_speed_range)
+    yaw_rate = rng.uniform(*config.ego_yaw_rate_range) * rng.choice([-1.0, 1.0])
+    trajectory = EgoTrajectory(start_xy=tuple(rng.uniform(300.0, 1500.0, size=2)),
+                               start_yaw=float(rng.uniform(-np.pi, np.pi)), speed=float(speed),
+                               yaw_rate=float(yaw_rate))
+    objects, registry = place_objects(config, trajectory, rng)
+    clutter = place_clutter(config, trajectory, registry, rng)
+    return Scene(config=config, trajectory=trajectory, objects=objects, clutter=clutter)
