@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-from pcdet.config import cfg_from_list, cfg_from_yaml_file  # noqa: E402
+from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config_to_file, save_config_to_file  # noqa: E402
 from pcdet.datasets import build_dataset  # noqa: E402
 from pcdet.utils.common_utils import create_logger  # noqa: E402
 from pcdet.utils.visualization import save_bev_png  # noqa: E402
@@ -85,9 +85,12 @@ def main(argv=None):
     args = parse_args(argv)
     logger = create_logger()
     dataset_cfg, class_names = load_dataset_config(args.cfg_file, args.set_cfgs)
+    log_config_to_file(dataset_cfg, pre='DATA_CONFIG', logger=logger)
+    save_config_to_file(dataset_cfg, Path(args.out_dir) / 'config.yaml')  # what the pictures were made with
+    augmentor_cfg = dataset_cfg.get('DATA_AUGMENTOR')
+    if args.split == 'train' and augmentor_cfg:  # a picture shows the data, not one random augmentation of it
+        augmentor_cfg.DISABLE_AUG_LIST = [aug.NAME for aug in augmentor_cfg.get('AUG_CONFIG_LIST', [])]
     dataset = build_dataset(dataset_cfg, class_names, training=args.split == 'train', logger=logger)
-    if args.split == 'train':  # a picture shows the data, not one random augmentation of it
-        dataset.disable_augmentation(None)
     if len(dataset) == 0:
         raise SystemExit(f'The {args.split} split of {args.cfg_file} has no frames')
     indices = args.indices if args.indices else \

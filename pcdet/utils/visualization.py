@@ -23,12 +23,14 @@ def _draw_boxes(axis, boxes, color, labels=None, linestyle='-'):
     corners = box_utils.boxes_bev_corners(boxes[:, :7])  # (N, 4, 2)
     for index, footprint in enumerate(np.asarray(corners)):
         closed = np.vstack([footprint, footprint[:1]])
-        axis.plot(closed[:, 0], closed[:, 1], color=color, linewidth=0.9, linestyle=linestyle)
+        # Boxes go under the points: LiDAR hits lie on the visible faces, i.e. on the BEV outline itself.
+        axis.plot(closed[:, 0], closed[:, 1], color=color, linewidth=0.8, linestyle=linestyle, zorder=1)
         center = boxes[index, :2]
         front = center + 0.5 * boxes[index, 3] * np.array([np.cos(boxes[index, 6]), np.sin(boxes[index, 6])])
-        axis.plot([center[0], front[0]], [center[1], front[1]], color=color, linewidth=0.9)
+        axis.plot([center[0], front[0]], [center[1], front[1]], color=color, linewidth=0.8, zorder=1)
         if labels is not None:
-            axis.text(footprint[:, 0].max(), footprint[:, 1].max(), labels[index], color=color, fontsize=5)
+            axis.text(footprint[:, 0].max(), footprint[:, 1].max(), labels[index], color=color, fontsize=5,
+                      clip_on=True)
 
 
 def _box_labels(names=None, scores=None, count=0):
@@ -72,7 +74,7 @@ def render_bev(points, gt_boxes=None, gt_names=None, pred_boxes=None, pred_score
 
     figure, axis = plt.subplots(figsize=(8, 8 * (y_max - y_min) / max(x_max - x_min, 1e-6)))
     axis.scatter(points[:, 0], points[:, 1], c=np.clip(points[:, 2], z_min, z_max), cmap='viridis',
-                 vmin=z_min, vmax=z_max, s=0.2, linewidths=0, rasterized=True)
+                 vmin=z_min, vmax=z_max, s=0.3, linewidths=0, rasterized=True, zorder=2)
     gt_count = 0 if gt_boxes is None else len(gt_boxes)
     _draw_boxes(axis, gt_boxes, GT_COLOR, _box_labels(gt_names, None, gt_count))
     if pred_boxes is not None and len(pred_boxes) > 0:
