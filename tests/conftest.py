@@ -64,3 +64,20 @@ def synthetic_nuscenes_workdir(synthetic_nuscenes_root, tmp_path):
     for entry in synthetic_nuscenes_root.iterdir():
         (workdir / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
     return workdir
+
+
+@pytest.fixture(scope='session')
+def synthetic_nuscenes_data_path(synthetic_nuscenes_root, synthetic_nuscenes_version, tmp_path_factory):
+    """A `DATA_PATH` whose `<VERSION>/` folder links to the shared dataset and holds freshly created 10-sweep
+    infos (no GT database). Read-only for tests, like the dataset itself."""
+    from pathlib import Path
+
+    from pcdet.datasets.nuscenes.nuscenes_utils import create_nuscenes_info
+    data_path = tmp_path_factory.mktemp('nuscenes_data_path')
+    dataroot = data_path / synthetic_nuscenes_version
+    dataroot.mkdir()
+    for entry in Path(synthetic_nuscenes_root).iterdir():
+        if not entry.name.startswith(('nuscenes_', 'gt_database', '.')):
+            (dataroot / entry.name).symlink_to(entry.resolve())
+    create_nuscenes_info(synthetic_nuscenes_version, dataroot, max_sweeps=10)
+    return data_path

@@ -8,22 +8,14 @@ import pytest
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.nuscenes.nuscenes_dataset import InfoSchemaError, NuScenesDataset, balanced_infos_resampling
-from pcdet.datasets.nuscenes.nuscenes_utils import CLASS_NAMES, create_nuscenes_info
+from pcdet.datasets.nuscenes.nuscenes_utils import CLASS_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
-def data_path(tmp_path_factory, synthetic_nuscenes_root, synthetic_nuscenes_version):
-    """DATA_PATH whose VERSION folder links to the shared synthetic dataset and holds freshly created infos."""
-    data_path = tmp_path_factory.mktemp('nuscenes_dataset')
-    dataroot = data_path / synthetic_nuscenes_version
-    dataroot.mkdir()
-    for entry in Path(synthetic_nuscenes_root).iterdir():
-        if not entry.name.startswith(('nuscenes_', 'gt_database', '.')):
-            (dataroot / entry.name).symlink_to(entry.resolve())
-    create_nuscenes_info(synthetic_nuscenes_version, dataroot, max_sweeps=10)
-    return data_path
+def data_path(synthetic_nuscenes_data_path):
+    return synthetic_nuscenes_data_path
 
 
 def make_cfg(data_path, version, **overrides):

@@ -9,22 +9,15 @@ from pyquaternion import Quaternion
 from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.nuscenes.nuscenes_dataset import NuScenesDataset
 from pcdet.datasets.nuscenes.nuscenes_eval import attribute_of, transform_det_annos_to_nusc_annos
-from pcdet.datasets.nuscenes.nuscenes_utils import CLASS_NAMES, create_nuscenes_info
+from pcdet.datasets.nuscenes.nuscenes_utils import CLASS_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope='module')
-def val_set(tmp_path_factory, synthetic_nuscenes_root, synthetic_nuscenes_version):
-    data_path = tmp_path_factory.mktemp('nuscenes_eval')
-    dataroot = data_path / synthetic_nuscenes_version
-    dataroot.mkdir()
-    for entry in Path(synthetic_nuscenes_root).iterdir():
-        if not entry.name.startswith(('nuscenes_', 'gt_database', '.')):
-            (dataroot / entry.name).symlink_to(entry.resolve())
-    create_nuscenes_info(synthetic_nuscenes_version, dataroot, max_sweeps=10)
+def val_set(synthetic_nuscenes_data_path, synthetic_nuscenes_version):
     cfg = cfg_from_yaml_file(REPO_ROOT / 'tools/cfgs/dataset_configs/nuscenes_dataset.yaml')
-    cfg.DATA_PATH, cfg.VERSION = str(data_path), synthetic_nuscenes_version
+    cfg.DATA_PATH, cfg.VERSION = str(synthetic_nuscenes_data_path), synthetic_nuscenes_version
     return NuScenesDataset(cfg, CLASS_NAMES, training=False)
 
 

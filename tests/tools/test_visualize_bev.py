@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pcdet.datasets.nuscenes.nuscenes_utils import create_nuscenes_info
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,14 +17,8 @@ def load_tool():
 
 
 @pytest.fixture
-def data_path(tmp_path, synthetic_nuscenes_root, synthetic_nuscenes_version):
-    dataroot = tmp_path / 'data' / synthetic_nuscenes_version
-    dataroot.mkdir(parents=True)
-    for entry in Path(synthetic_nuscenes_root).iterdir():
-        if not entry.name.startswith(('nuscenes_', 'gt_database', '.')):
-            (dataroot / entry.name).symlink_to(entry.resolve())
-    create_nuscenes_info(synthetic_nuscenes_version, dataroot, max_sweeps=10)
-    return dataroot.parent
+def data_path(synthetic_nuscenes_data_path):
+    return synthetic_nuscenes_data_path
 
 
 def test_writes_one_png_per_frame_and_the_config(data_path, tmp_path, synthetic_nuscenes_version):
