@@ -1,0 +1,291 @@
+"""Evaluation (spec §1.13): one checkpoint, a list of checkpoints, or polling a folder (`--eval_all`).
+
+    eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=False, result_dir=None,
+                   load_fn=None, device=None) -> ret_dict (rank 0; {} elsewhere)
+    repeat_eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt_dir, dist_test=False, cfg=None,
+                     tb_log=None, load_params=None, poll_seconds=30) -> list of evaluated epoch ids
+    eval_checkpoint_list(model, test_loader, args, eval_output_dir, logger, ckpts, cfg, ...)
+    epoch_id_from_ckpt(path) -> 'N' for `checkpoint_epoch_N.pth`, else 'no_number'
+
+`args` only needs `save_to_file`, `infer_time` (and `start_epoch`, `max_waiting_mins` for polling); missing
+attributes default to False/0. `result_dir` receives `result.pkl` (atomic) and `final_result/data/` (the
+dataset's output folder, e.g. `results_nusc.json`).
+
+Distributed evaluation: every rank runs the unwrapped model on its shard (no DDP wrapper, so shards of unequal
+cost never deadlock); predictions and recall counters are merged in memory with `all_gather_object` and put back
+in dataset order using the sampler's indices (padding duplicates dropped); rank 0 writes and evaluates.
+"""
+import inspect
+import logging
+import re
+import time
+from pathlib import Path
+
+import torch
+
+from ..utils.file_utils import atomic_pickle_dump, atomic_save_text
+from .distributed import all_gather_object, broadcast_object, get_rank, is_dist, merge_sharded_results, unwrap_model
+
+CKPT_EPOCH = re.compile(r'checkpoint_epoch_(\d+)\.pth$')
+
+
+def epoch_id_from_ckpt(path):
+    """The epoch number in a `checkpoint_epoch_<N>.pth` file name ('no_number' otherwise). Unlike upstream, digits
+    in folder names (`dsvt_2x/latest_model.pth`) are not mistaken for an epoch."""
+    if path is None:
+        return 'no_number'
+    match = CKPT_EPOCH.search(Path(path).name)
+    return match.group(1) if match else 'no_number'
+
+
+def _recall_thresholds(cfg):
+    post = cfg.get('MODEL', {}).get('POST_PROCESSING', {}) if cfg is not None else {}
+    return list(post.get('RECALL_THRESH_LIST', [0.3, 0.5, 0.7]))
+
+
+def statistics_info(cfg, ret_dict, metric, disp_dict):
+    """Accumulate upstream's recall counters (`roi_<t>`, `rcnn_<t>`, `gt`) from a model's eval `ret_dict`."""
+    thresholds = _recall_thresholds(cfg)
+    ret_dict = ret_dict or {}
+    for thresh in thresholds:
+        metric[f'recall_roi_{thresh}'] += _as_number(ret_dict.get(f'roi_{thresh}', 0))
+        metric[f'recall_rcnn_{thresh}'] += _as_number(ret_dict.get(f'rcnn_{thresh}', 0))
+    metric['gt_num'] += _as_number(ret_dict.get('gt', 0))
+    if thresholds:
+        t = thresholds[0]
+        disp_dict[f'recall_{t}'] = (f'({metric[f"recall_roi_{t}"]:.0f}, {metric[f"recall_rcnn_{t}"]:.0f}) / '
+                                    f'{metric["gt_num"]:.0f}')
+
+
+def _as_number(value):
+    return float(value.sum()) if torch.is_tensor(value) else float(value)
+
+
+def _default_load_fn():
+    from ..models.build import load_data_to_device  # lazy: only needed with real models
+    return load_data_to_device
+
+
+def _shard_indices(dataloader):
+    sampler = getattr(dataloader, 'sampler', None)
+    if sampler is not None and hasattr(sampler, 'num_replicas'):
+        return [int(i) for i in iter(sampler)]
+    return None
+
+
+def _evaluation_kwargs(dataset, cfg, output_path):
+    kwargs = {'output_path': output_path}
+    metric = cfg.get('MODEL', {}).get('POST_PROCESSING', {}).get('EVAL_METRIC') if cfg is not None else None
+    if metric is not None:
+        params = inspect.signature(dataset.evaluation).parameters
+        if 'eval_metric' in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            kwargs['eval_metric'] = metric
+    return kwargs
+
+
+def eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=False, result_dir=None, load_fn=None,
+                   device=None, show_progress=True):
+    """Run the model over `dataloader`, write `result.pkl`, call `dataset.evaluation` (rank 0)."""
+    logger = logger or logging.getLogger('pcdet')
+    save_to_file = bool(getattr(args, 'save_to_file', False))
+    infer_time = bool(getattr(args, 'infer_time', False))
+    result_dir = Path(result_dir)
+    final_output_dir = result_dir / 'final_result' / 'data'
+    rank = get_rank()
+    final_output_dir.mkdir(parents=True, exist_ok=True)
+    dist_test = dist_test and is_dist()
+    model = unwrap_model(model)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    load_fn = load_fn or _default_load_fn()
+
+    thresholds = _recall_thresholds(cfg)
+    metric = {'gt_num': 0.0}
+    for thresh in thresholds:
+        metric[f'recall_roi_{thresh}'] = 0.0
+        metric[f'recall_rcnn_{thresh}'] = 0.0
+
+    dataset = dataloader.dataset
+    class_names = dataset.class_names
+    det_annos = []
+    logger.info(f'*************** EPOCH {epoch_id} EVALUATION *****************')
+    model.eval()
+    pbar = None
+    if rank == 0 and show_progress:
+        import tqdm
+        pbar = tqdm.tqdm(total=len(dataloader), leave=True, desc='eval', dynamic_ncols=True)
+    warmup_batches = max(int(len(dataloader) * 0.1), 1) if len(dataloader) > 1 else 0
+    infer_total, infer_count = 0.0, 0
+    start_time = time.time()
+    for i, batch_dict in enumerate(dataloader):
+        load_fn(batch_dict, device)
+        if infer_time and device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pred_dicts, ret_dict = model(batch_dict)
+        disp_dict = {}
+        if infer_time:
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            if i >= warmup_batches:
+                infer_total += (time.perf_counter() - t0) * 1000.0
+                infer_count += 1
+                disp_dict['infer_time'] = f'{infer_total / infer_count:.2f} ms'
+        statistics_info(cfg, ret_dict, metric, disp_dict)
+        annos = dataset.generate_prediction_dicts(batch_dict, pred_dicts, class_names,
+                                                  output_path=final_output_dir if save_to_file else None)
+        det_annos += annos
+        if pbar is not None:
+            pbar.set_postfix(disp_dict)
+            pbar.update()
+    if pbar is not None:
+        pbar.close()
+
+    if dist_test:
+        index_parts = all_gather_object(_shard_indices(dataloader))
+        parts = all_gather_object(det_annos)
+        if any(ix is None or len(ix) != len(p) for ix, p in zip(index_parts, parts)):
+            index_parts = None  # unknown sampler layout: assume OpenPCDet's strided sharding
+        det_annos = merge_sharded_results(parts, index_parts, total=len(dataset))
+        merged = {key: 0.0 for key in metric}
+        for part in all_gather_object(metric):
+            for key, value in part.items():
+                merged[key] += value
+        metric = merged
+
+    logger.info(f'*************** Performance of EPOCH {epoch_id} *****************')
+    sec_per_example = (time.time() - start_time) / max(len(dataset), 1)
+    logger.info(f'Generate label finished(sec_per_example: {sec_per_example:.4f} second).')
+    if infer_time and infer_count:
+        batch_size = getattr(dataloader, 'batch_size', None) or 1
+        logger.info(f'Inference time: {infer_total / infer_count:.2f} ms per batch of {batch_size} '
+                    f'({infer_count} batches after {warmup_batches} warm-up)')
+    if rank != 0:
+        return {}
+
+    ret_dict = {}
+    gt_num_cnt = metric['gt_num']
+    for thresh in thresholds:
+        roi_recall = metric[f'recall_roi_{thresh}'] / max(gt_num_cnt, 1)
+        rcnn_recall = metric[f'recall_rcnn_{thresh}'] / max(gt_num_cnt, 1)
+        logger.info(f'recall_roi_{thresh}: {roi_recall:f}')
+        logger.info(f'recall_rcnn_{thresh}: {rcnn_recall:f}')
+        ret_dict[f'recall/roi_{thresh}'] = roi_recall
+        ret_dict[f'recall/rcnn_{thresh}'] = rcnn_recall
+    total_pred_objects = sum(len(anno['name']) for anno in det_annos)
+    logger.info(f'Average predicted number of objects({len(det_annos)} samples): '
+                f'{total_pred_objects / max(1, len(det_annos)):.3f}')
+    atomic_pickle_dump(det_annos, result_dir / 'result.pkl')
+
+    result_str, result_dict = dataset.evaluation(det_annos, class_names,
+                                                 **_evaluation_kwargs(dataset, cfg, final_output_dir))
+    logger.info(result_str)
+    ret_dict.update(result_dict or {})
+    logger.info(f'Result is saved to {result_dir}')
+    logger.info('****************Evaluation done.*****************')
+    return ret_dict
+
+
+def _default_load_params(model, filename, logger, to_cpu):
+    from ..utils.checkpoint import load_params_from_file  # lazy: another module owns the load side
+    load_params_from_file(model, filename, logger, to_cpu=to_cpu, strict=False)
+
+
+def _read_record(record_file):
+    record_file = Path(record_file)
+    if not record_file.is_file():
+        return []
+    return [line.strip() for line in record_file.read_text().splitlines() if line.strip()]
+
+
+def _append_record(record_file, epoch_id):
+    lines = _read_record(record_file) + [str(epoch_id)]
+    atomic_save_text('\n'.join(lines) + '\n', record_file)
+
+
+def get_no_evaluated_ckpt(ckpt_dir, ckpt_record_file, start_epoch=0):
+    """`(epoch_id, path)` of the oldest (by mtime) `checkpoint_epoch_*.pth` not yet listed in the record file and
+    with epoch >= start_epoch; `(-1, None)` when there is none."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return -1, None
+    ckpts = sorted((p for p in ckpt_dir.glob('*checkpoint_epoch_*.pth') if CKPT_EPOCH.search(p.name)),
+                   key=lambda p: p.stat().st_mtime)
+    evaluated = set(_read_record(ckpt_record_file))
+    for path in ckpts:
+        epoch_id = CKPT_EPOCH.search(path.name).group(1)
+        if epoch_id not in evaluated and int(epoch_id) >= start_epoch:
+            return epoch_id, path
+    return -1, None
+
+
+def _eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt, epoch_id, cfg, dist_test, tb_log,
+               load_params, load_fn, device, record_file):
+    load_params = load_params or _default_load_params
+    load_params(unwrap_model(model), str(ckpt), logger, to_cpu=True)
+    if device is not None:
+        model.to(device)
+    split = cfg.DATA_CONFIG.DATA_SPLIT['test']
+    cur_result_dir = Path(eval_output_dir) / f'epoch_{epoch_id}' / split
+    tb_dict = eval_one_epoch(cfg, args, model, test_loader, epoch_id, logger, dist_test=dist_test,
+                             result_dir=cur_result_dir, load_fn=load_fn, device=device)
+    if get_rank() == 0:
+        if tb_log is not None:
+            for key, value in tb_dict.items():
+                try:
+                    tb_log.add_scalar(key, float(value), int(epoch_id))
+                except (TypeError, ValueError):
+                    pass
+        _append_record(record_file, epoch_id)
+    logger.info(f'Epoch {epoch_id} has been evaluated')
+    return tb_dict
+
+
+def eval_checkpoint_list(model, test_loader, args, eval_output_dir, logger, ckpts, cfg, dist_test=False,
+                         tb_log=None, load_params=None, load_fn=None, device=None):
+    """Evaluate the given checkpoints in order (used after training: no polling, no waiting)."""
+    split = cfg.DATA_CONFIG.DATA_SPLIT['test']
+    record_file = Path(eval_output_dir) / f'eval_list_{split}.txt'
+    if get_rank() == 0:
+        Path(eval_output_dir).mkdir(parents=True, exist_ok=True)
+    results = {}
+    for ckpt in ckpts:
+        epoch_id = epoch_id_from_ckpt(ckpt)
+        results[epoch_id] = _eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt, epoch_id, cfg,
+                                       dist_test, tb_log, load_params, load_fn, device, record_file)
+    return results
+
+
+def repeat_eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt_dir, dist_test=False, cfg=None,
+                     tb_log=None, load_params=None, load_fn=None, device=None, poll_seconds=30):
+    """`--eval_all`: evaluate every new `checkpoint_epoch_*.pth` in `ckpt_dir` (epoch >= args.start_epoch), polling
+    every `poll_seconds`; stop after `args.max_waiting_mins` without a new checkpoint. Evaluated epochs are listed
+    in `eval_output_dir/eval_list_<split>.txt` so a restarted `--eval_all` skips them. Rank 0 picks the next
+    checkpoint and broadcasts it, so all ranks evaluate the same file."""
+    split = cfg.DATA_CONFIG.DATA_SPLIT['test']
+    record_file = Path(eval_output_dir) / f'eval_list_{split}.txt'
+    if get_rank() == 0:
+        Path(eval_output_dir).mkdir(parents=True, exist_ok=True)
+    start_epoch = int(getattr(args, 'start_epoch', 0) or 0)
+    max_wait = float(getattr(args, 'max_waiting_mins', 0) or 0) * 60
+    waited = 0.0
+    evaluated = []
+    while True:
+        choice = get_no_evaluated_ckpt(ckpt_dir, record_file, start_epoch) if get_rank() == 0 else None
+        epoch_id, ckpt = broadcast_object(choice)
+        if epoch_id == -1:
+            if waited >= max_wait:
+                logger.info(f'No new checkpoint in {ckpt_dir} for {waited / 60:.1f} minutes; stopping '
+                            f'(--max_waiting_mins {max_wait / 60:g})')
+                break
+            if get_rank() == 0:
+                print(f'Wait {poll_seconds} seconds for next check (progress: {waited / 60:.1f} / '
+                      f'{max_wait / 60:g} minutes): {ckpt_dir} \r', end='', flush=True)
+            time.sleep(poll_seconds)
+            waited += poll_seconds
+            continue
+        waited = 0.0
+        _eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt, epoch_id, cfg, dist_test, tb_log,
+                   load_params, load_fn, device, record_file)
+        evaluated.append(epoch_id)
+    return evaluated

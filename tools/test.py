@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""Evaluate checkpoints: OpenPCDet's `tools/test.py` flags (docs/TRAINING.md), runnable from the repo root or tools/.
+
+    python tools/test.py --cfg_file tools/cfgs/<group>/<model>.yaml --ckpt PATH [--batch_size TOTAL]
+    python tools/test.py --cfg_file ... --eval_all [--ckpt_dir DIR] [--start_epoch N] [--max_waiting_mins 30]
+    bash tools/scripts/dist_test.sh NGPUS --cfg_file ... --ckpt PATH
+
+Outputs in `output/<cfg group>/<cfg stem>/<extra_tag>/eval/epoch_<N>/<DATA_SPLIT.test>/<eval_tag>/`:
+`log_eval_<time>.txt`, `result.pkl`, `final_result/data/`; with --eval_all
+`eval/eval_all_default/<eval_tag>/` holds the log, `eval_list_<split>.txt` and `epoch_<N>/<split>/` per checkpoint.
+"""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import datetime  # noqa: E402
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pcdet.config import log_config_to_file  # noqa: E402
+from pcdet.training.distributed import init_dist, single_process_info, split_batch_size  # noqa: E402
+from pcdet.training.eval_loop import epoch_id_from_ckpt, eval_one_epoch, repeat_eval_ckpt  # noqa: E402
+from pcdet.training.run_utils import (build_test_parser, collect_env_info, create_tb_writer,  # noqa: E402
+                                      derive_output_dir, parse_config)
+from pcdet.utils import common_utils  # noqa: E402
+
+
+def build_dataloader(*args, **kwargs):
+    from pcdet.datasets import build_dataloader as impl
+    return impl(*args, **kwargs)
+
+
+def build_network(*args, **kwargs):
+    from pcdet.models.build import build_network as impl
+    return impl(*args, **kwargs)
+
+
+def load_data_to_device(batch_dict, device):
+    from pcdet.models.build import load_data_to_device as impl
+    return impl(batch_dict, device)
+
+
+def load_params_from_file(model, filename, logger, to_cpu=True, strict=False):
+    from pcdet.utils.checkpoint import load_params_from_file as impl
+    return impl(model, filename, logger, to_cpu=to_cpu, strict=strict)
+
+
+def parse_args(argv=None):
+    args = build_test_parser().parse_args(argv)
+    cfg = parse_config(args)
+    np.random.seed(1024)
+    return args, cfg
+
+
+def eval_output_dir_for(args, cfg, output_dir):
+    """`eval/epoch_<N>/<split>/<eval_tag>` for one checkpoint, `eval/eval_all_default/<eval_tag>` with --eval_all."""
+    eval_output_dir = Path(output_dir) / 'eval'
+    if not args.eval_all:
+        split = cfg.DATA_CONFIG.DATA_SPLIT['test']
+        eval_output_dir = eval_output_dir / f'epoch_{epoch_id_from_ckpt(args.ckpt)}' / split
+    else:
+        eval_output_dir = eval_output_dir / 'eval_all_default'
+    if args.eval_tag is not None:
+        eval_output_dir = eval_output_dir / args.eval_tag
+    return eval_output_dir
+
+
+def main(argv=None):
+    args, cfg = parse_args(argv)
+    if not args.eval_all and args.ckpt is None and args.pretrained_model is None:
+        raise SystemExit('give --ckpt PATH (or --pretrained_model PATH), or --eval_all')
+    dist_info = single_process_info() if args.launcher == 'none' else init_dist(args.launcher, tcp_port=args.tcp_port)
+    dist_test = args.launcher != 'none'
+    rank, world_size, device = dist_info.rank, dist_info.world_size, dist_info.device
+    cfg.LOCAL_RANK = dist_info.local_rank
+    if args.batch_size is None:
+        batch_size = int(cfg.OPTIMIZATION.BATCH_SIZE_PER_GPU)
+    else:
+        batch_size = split_batch_size(args.batch_size, world_size)
+
+    output_dir = derive_output_dir(args.cfg_file, args.extra_tag, args.output_root)
+    eval_output_dir = eval_output_dir_for(args, cfg, output_dir)
+    eval_output_dir.mkdir(parents=True, exist_ok=True)
+    log_file = eval_output_dir / f'log_eval_{datetime.datetime.now().strftime("%Y%m%d-%H%M%S")}.txt'
+    logger = common_utils.create_logger(log_file if rank == 0 else None, rank=rank)
+
+    logger.info('**********************Start logging**********************')
+    for line in collect_env_info():
+        logger.info(line)
+    logger.info(f'CUDA_VISIBLE_DEVICES={os.environ.get("CUDA_VISIBLE_DEVICES", "ALL")}')
+    logger.info(f'world size {world_size}, batch size {batch_size} per process, total {batch_size * world_size}')
+    for key, val in vars(args).items():
+        logger.info(f'{key:24} {val}')
+    log_config_to_file(cfg, logger=logger)
+
+    ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir is not None else output_dir / 'ckpt'
+    test_set, test_loader, _ = build_dataloader(
+        dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, batch_size=batch_size, dist=dist_test,
+        workers=args.workers, logger=logger, training=False)
+    model = build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=test_set)
+
+    with torch.no_grad():
+        if args.eval_all:
+            split = cfg.DATA_CONFIG.DATA_SPLIT['test']
+            tb_log = create_tb_writer(eval_output_dir / f'tensorboard_{split}', logger) if rank == 0 else None
+            model.to(device)
+            return repeat_eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt_dir, dist_test=dist_test,
+                                    cfg=cfg, tb_log=tb_log, load_params=load_params_from_file,
+                                    load_fn=load_data_to_device, device=device)
+        if args.pretrained_model is not None:
+            load_params_from_file(model, args.pretrained_model, logger, to_cpu=True, strict=False)
+        if args.ckpt is not None:
+            load_params_from_file(model, args.ckpt, logger, to_cpu=True, strict=False)
+        model.to(device)
+        return eval_one_epoch(cfg, args, model, test_loader, epoch_id_from_ckpt(args.ckpt), logger,
+                              dist_test=dist_test, result_dir=eval_output_dir, load_fn=load_data_to_device,
+                              device=device)
+
+
+if __name__ == '__main__':
+    main()
