@@ -1,0 +1,10 @@
+"""2-D (BEV) backbones, registered under their OpenPCDet names (`MODEL.BACKBONE_2D.NAME`).
+
+The builder calls `__all__[NAME](model_cfg=..., input_channels=num_bev_features)` and reads `num_bev_features`.
+BEV scatter modules live in `backbones_2d.map_to_bev`.
+"""
+from .base_bev_res_backbone import BaseBEVResBackbone, BasicBlock
+
+__all__ = {
+    'BaseBEVResBackbone': BaseBEVResBackbone,
+}
