@@ -1,6 +1,8 @@
 """Segment reductions along dim 0 on native PyTorch (`index_add_`, `scatter_reduce_`), replacing torch_scatter.
 
-torch-scatter has no wheel for current torch, and the dynamic VFEs only need these three reductions along dim 0.
+torch-scatter has no wheel for current torch, and the dynamic VFEs only need these reductions along dim 0.
+`scatter_amax` is `scatter_max` without the argmax (the same maxima and gradient, computed by the same code): use it
+when only the values are needed, since the argmax costs two more full-size passes (the VFE's max pooling).
 Semantics follow torch_scatter: empty segments give 0 (sum, mean, max) and argmax `src.shape[0]` (one past the
 end). Differences:
 * `scatter_max` gradient: `scatter_reduce_(..., 'amax')` splits the gradient evenly among tied maxima, whereas
@@ -56,6 +58,24 @@ def scatter_mean(src, index, dim_size=None):
     return torch.div(total, counts.to(total.dtype), rounding_mode='floor')
 
 
+def _amax(src, expanded, dim_size):
+    out_shape = (dim_size,) + tuple(src.shape[1:])
+    # include_self=False: segments with no rows keep the initial 0, as torch_scatter reports them.
+    return src.new_zeros(out_shape).scatter_reduce(0, expanded, src, 'amax', include_self=False)
+
+
+def scatter_amax(src, index, dim_size=None):
+    """Per-segment maximum only: `scatter_max(src, index, dim_size)[0]` without computing the argmax.
+
+    Args:
+        src: (N, ...) tensor. index: (N,) segment id of each row. dim_size: number of segments.
+    Returns:
+        (dim_size, ...) maxima, 0 for empty segments; gradient as `scatter_max` (split evenly among tied maxima).
+    """
+    expanded, dim_size = _prepare(src, index, dim_size)
+    return _amax(src, expanded, dim_size)
+
+
 def scatter_max(src, index, dim_size=None):
     """Per-segment maximum and its row.
 
@@ -70,8 +90,7 @@ def scatter_max(src, index, dim_size=None):
     if fast is not NotImplemented:
         return fast
     out_shape = (dim_size,) + tuple(src.shape[1:])
-    # include_self=False: segments with no rows keep the initial 0, as torch_scatter reports them.
-    maxima = src.new_zeros(out_shape).scatter_reduce(0, expanded, src, 'amax', include_self=False)
+    maxima = _amax(src, expanded, dim_size)
     num_rows = src.shape[0]
     rows = torch.arange(num_rows, device=src.device).view(expanded.shape[:1] + (1,) * (src.dim() - 1))
     is_max = src.detach() == maxima.detach().gather(0, expanded)

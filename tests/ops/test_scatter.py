@@ -113,3 +113,37 @@ def test_installed_fast_path_matches_reference(monkeypatch):
     reference = scatter_max(src, index, dim_size)
     torch.testing.assert_close(result[0], reference[0])
     assert torch.equal(result[1], reference[1])
+
+
+# ---- scatter_amax: the maxima of scatter_max without the argmax ----
+
+@pytest.mark.parametrize('seed,channels', [(5, (5,)), (6, (3, 4)), (7, ())])
+def test_amax_equals_scatter_max_values(seed, channels):
+    from pcdet.ops.scatter import scatter_amax
+    src, index, dim_size = random_segments(seed, channels=channels)
+    src = src.round(decimals=1)  # ties within segments
+    expected_max, _ = loop_reduce(src.reshape(len(src), -1), index, dim_size, 'max')
+    maxima = scatter_amax(src, index, dim_size)
+    assert maxima.shape == (dim_size,) + channels and maxima.dtype == src.dtype
+    assert torch.equal(maxima, scatter_max(src, index, dim_size)[0])
+    assert torch.equal(maxima.reshape(dim_size, -1), expected_max)
+    assert (maxima[[3, dim_size - 1]] == 0).all()
+    assert torch.equal(scatter_amax(src, index), scatter_max(src, index)[0])  # default dim_size
+    ints = (src * 10).long()
+    assert torch.equal(scatter_amax(ints, index, dim_size), scatter_max(ints, index, dim_size)[0])
+
+
+def test_amax_gradient_empty_input_and_bad_index():
+    from pcdet.ops.scatter import scatter_amax
+    src = torch.tensor([[1.0, -2.0], [3.0, -1.0], [3.0, -5.0], [2.0, 0.5]], requires_grad=True)
+    index = torch.tensor([0, 0, 0, 2])
+    weights = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    (scatter_amax(src, index, 3) * weights).sum().backward()
+    grad_amax, src.grad = src.grad.clone(), None
+    (scatter_max(src, index, 3)[0] * weights).sum().backward()
+    assert torch.equal(grad_amax, src.grad)
+    assert grad_amax.tolist() == [[0.0, 0.0], [0.5, 2.0], [0.5, 0.0], [5.0, 6.0]]
+    assert scatter_amax(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 2).tolist() == [[0.0] * 4] * 2
+    assert scatter_amax(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long)).shape == (0, 4)
+    with pytest.raises(ValueError, match=r'index must have shape \(N,\)'):
+        scatter_amax(torch.zeros(4, 2), torch.zeros(3, dtype=torch.long), 2)

@@ -97,3 +97,29 @@ def test_atomic_write_uses_umask_mode_and_cleans_up_on_error(tmp_path):
             handle.write('half')
             raise RuntimeError('interrupted')
     assert target.read_text() == 'ok' and [p.name for p in tmp_path.iterdir()] == ['info.pkl']
+
+
+@pytest.mark.parametrize('durable', [True, False])
+def test_atomic_write_durable_and_not_durable_leave_content_and_no_temporaries(tmp_path, monkeypatch, durable):
+    import os
+
+    from pcdet.utils import file_utils
+    fsynced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(file_utils.os, 'fsync', lambda fd: fsynced.append(fd) or real_fsync(fd))
+    target = tmp_path / 'sub' / 'scan.bin'
+    file_utils.atomic_save_bytes(b'\x00\x01' * 1000, target, durable=durable)
+    assert target.read_bytes() == b'\x00\x01' * 1000
+    file_utils.atomic_save_bytes(b'new', target, durable=durable)  # replaces the file
+    with file_utils.atomic_write(tmp_path / 'table.json', 'w', durable=durable) as handle:
+        handle.write('{}')
+    assert (tmp_path / 'table.json').read_text() == '{}'
+    with pytest.raises(RuntimeError), file_utils.atomic_write(target, 'wb', durable=durable) as handle:
+        handle.write(b'half')
+        raise RuntimeError('interrupted')
+    assert target.read_bytes() == b'new'
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~umask)
+    assert sorted(p.name for p in tmp_path.rglob('*')) == ['scan.bin', 'sub', 'table.json']  # no .tmp left
+    assert len(fsynced) == (3 if durable else 0)

@@ -9,6 +9,7 @@ refuse to write into it. Writing the manifest first with status 'writing' (and t
 an interrupted run is cleaned up by the next one.
 """
 import json
+import os
 from pathlib import Path
 
 from ...utils.file_utils import atomic_save_text
@@ -63,6 +64,11 @@ def remove_listed_files(dataroot, relative_paths):
 
 
 def write_manifest(manifest_path, generator, arguments, files, status):
-    """Write the manifest atomically. `files` are dataroot-relative paths."""
+    """Write the manifest atomically. `files` are dataroot-relative paths.
+
+    Bulk scan files are written without fsync (`durable=False`), so before declaring the dataset 'complete' all
+    dirty data is flushed: after a power loss the manifest never claims files that did not reach the disk."""
+    if status == 'complete':
+        os.sync()
     manifest = {'generator': generator, 'status': status, 'arguments': arguments, 'files': sorted(files)}
     atomic_save_text(json.dumps(manifest, indent=1) + '\n', manifest_path)

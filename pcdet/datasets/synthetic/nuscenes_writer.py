@@ -177,10 +177,12 @@ def write_scene(plan, config):
         scan = cast_scan(scene, frame.t, ego_pose @ ego_from_sensor, lidar_config,
                          np.random.default_rng([config.seed, plan.index, 2, frame_index]))
         point_rows = np.concatenate([scan.points, scan.ring[:, None].astype(np.float32)], axis=1)
-        atomic_save_bytes(np.ascontiguousarray(point_rows, dtype=np.float32).tobytes(), root / frame.filename)
+        # Per-scan files: atomic but not fsynced (regenerable; see `atomic_write`); tables and manifest stay durable.
+        atomic_save_bytes(np.ascontiguousarray(point_rows, dtype=np.float32).tobytes(), root / frame.filename,
+                          durable=False)
         labels = np.where(scan.hit_object_id >= 0, object_lidarseg[np.maximum(scan.hit_object_id, 0)],
                           surface_lidarseg[scan.semantic_label]).astype(np.uint8)
-        atomic_save_bytes(labels.tobytes(), root / frame.label_filename)
+        atomic_save_bytes(labels.tobytes(), root / frame.label_filename, durable=False)
         builder.add_frame(frame, ego_pose, scan, lidar_config.max_range)
         points_per_scan.append(len(point_rows))
     kinds_with_points = sorted({scene.objects.kinds[m] for m, annotations in enumerate(builder.annotations_of_object)

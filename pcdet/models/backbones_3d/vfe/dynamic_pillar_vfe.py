@@ -17,7 +17,7 @@ Differences from upstream, none of which changes the features of a voxel:
 import torch
 from torch import nn
 
-from pcdet.ops.scatter import scatter_max, scatter_mean
+from pcdet.ops.scatter import scatter_amax, scatter_mean
 
 from ..dsvt.shapes import resolve_grid_size
 from .vfe_template import VFETemplate
@@ -46,7 +46,7 @@ class PFNLayerV2(nn.Module):
         x = self.linear(inputs)
         x = self.norm(x) if self.use_norm else x
         x = self.relu(x)
-        x_max = scatter_max(x, unq_inv, num_voxels)[0]
+        x_max = scatter_amax(x, unq_inv, num_voxels)
         if self.last_vfe:
             return x_max
         return torch.cat([x, x_max[unq_inv, :]], dim=1)
