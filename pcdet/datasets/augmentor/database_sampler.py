@@ -23,6 +23,9 @@ from ...ops.iou3d_nms.iou3d_nms_utils import boxes_bev_iou_cpu
 from ...utils import box_utils
 
 SECTION = 'DATA_CONFIG.DATA_AUGMENTOR.AUG_CONFIG_LIST[gt_sampling]'
+# Optional entry of a DB_INFO_PATH pickle that is not a class: how the database was built (e.g. the point-feature
+# transform, see datasets/waymo/gt_database.py). Kept in `db_metadata` for the dataset to check; never sampled.
+DB_METADATA_KEY = '__metadata__'
 
 
 def parse_class_counts(entries, section):
@@ -49,9 +52,11 @@ class DataBaseSampler:
             raise ConfigError(f'{SECTION}.DATABASE_WITH_FAKELIDAR is not supported (regenerate the database)')
         db_info_paths, db_data_path, self.num_point_features = self._database_files(sampler_cfg)
         self.db_infos = {name: [] for name in self.class_names}
+        self.db_metadata = {}  # {info file: its DB_METADATA_KEY entry, None for databases without one}
         for info_path in db_info_paths:
             with open(info_path, 'rb') as handle:
                 infos = pickle.load(handle)
+            self.db_metadata[str(info_path)] = infos.get(DB_METADATA_KEY)
             for name in self.class_names:
                 self.db_infos[name].extend(infos.get(name, []))
         for filter_name, value in (sampler_cfg.get('PREPARE') or {}).items():

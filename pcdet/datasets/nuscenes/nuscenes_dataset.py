@@ -25,23 +25,19 @@ v1.0-test -> test; other names are custom splits from the devkit's `<dataroot>/<
 import argparse
 import copy
 import logging
-import pickle
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..dataset import DatasetTemplate
-from .nuscenes_utils import INFO_SCHEMA, REPO_ROOT, load_nusc, load_points_with_sweeps, resolve_data_path
+from ..prep_utils import InfoSchemaError, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401 (re-export)
+from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_points_with_sweeps, resolve_data_path
 
 REQUIRED_INFO_KEYS = ('lidar_path', 'token', 'sweeps', 'ref_from_car', 'car_from_global', 'timestamp')
 GT_INFO_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes_velocity', 'gt_boxes_token', 'num_lidar_pts', 'num_radar_pts')
 CREATE_INFOS_COMMAND = ('python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos '
                         '--cfg_file <dataset yaml> --version {version} --data_path {data_path}')
-
-
-class InfoSchemaError(ValueError):
-    """An info file does not follow the nuScenes info schema; the message names the file and the problem."""
 
 
 def info_problem(info, require_gt, min_sweeps):
@@ -64,23 +60,13 @@ def info_problem(info, require_gt, min_sweeps):
 
 def validate_infos(infos, info_path, require_gt=False, min_sweeps=0):
     """Raise InfoSchemaError naming `info_path` unless `infos` is a list of valid info dicts (module docs)."""
-    if not isinstance(infos, list):
-        raise InfoSchemaError(f'{info_path} holds a {type(infos).__name__}, expected a list of info dicts; '
-                              f'regenerate with create_nuscenes_infos')
-    for index, info in enumerate(infos):
-        problem = info_problem(info, require_gt, min_sweeps)
-        if problem is not None:
-            raise InfoSchemaError(f'{info_path}: info {index}: {problem}; the file is outdated or not a pcdet '
-                                  f'nuScenes info file: regenerate with create_nuscenes_infos')
+    validate_info_list(infos, info_path, lambda info: info_problem(info, require_gt, min_sweeps),
+                       'regenerate with create_nuscenes_infos')
 
 
 def load_infos(info_path, require_gt=False, min_sweeps=0, create_hint=''):
     """Load and validate one info pickle; a missing file raises FileNotFoundError naming it and `create_hint`."""
-    info_path = Path(info_path)
-    if not info_path.is_file():
-        raise FileNotFoundError(f'nuScenes info file {info_path} not found; create it with: {create_hint}')
-    with open(info_path, 'rb') as handle:
-        infos = pickle.load(handle)
+    infos = load_pickle(info_path, 'nuScenes info file', create_hint)
     validate_infos(infos, info_path, require_gt, min_sweeps)
     return infos
 
@@ -241,10 +227,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.with_cam:
         raise SystemExit('--with_cam is not supported: pcdet builds LiDAR-only nuScenes infos')
-    cfg_file = Path(args.cfg_file)
-    if not cfg_file.is_file() and not cfg_file.is_absolute() and (REPO_ROOT / cfg_file).is_file():
-        cfg_file = REPO_ROOT / cfg_file  # run from outside the repo root
-    dataset_cfg = cfg_from_yaml_file(cfg_file)
+    dataset_cfg = cfg_from_yaml_file(resolve_cfg_file(args.cfg_file))
     version = args.version or dataset_cfg.VERSION
     data_path = Path(args.data_path) if args.data_path else resolve_data_path(dataset_cfg.DATA_PATH)
     dataset_cfg.VERSION = version

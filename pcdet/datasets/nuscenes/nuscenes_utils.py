@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..prep_utils import REPO_ROOT, resolve_data_path  # noqa: F401  (shared with Waymo; re-exported)
+
 INFO_SCHEMA = 'pcdet.nuscenes.det/1'
 NUM_POINT_COLUMNS_ON_DISK = 5  # x, y, z, intensity, ring index (float32)
 CLASS_NAMES = ['car', 'truck', 'construction_vehicle', 'bus', 'trailer',
@@ -43,19 +45,6 @@ DEFAULT_SPLITS = {'v1.0-trainval': ('train', 'val'), 'v1.0-mini': ('mini_train',
                   'v1.0-test': ('test', None)}
 SYNTHETIC_HINT = ('run `python -m pcdet.datasets.synthetic.nuscenes --root <DATA_PATH>/v1.0-mini --version v1.0-mini '
                   '--num_scenes 10` to create a synthetic one')
-
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-
-
-def resolve_data_path(data_path):
-    """DATA_PATH of a config as a Path: absolute as is; relative against the repo root, then the CWD, then tools/
-    (OpenPCDet's `../data/nuscenes`); the first that exists wins, else the repo-root candidate."""
-    data_path = Path(data_path)
-    if data_path.is_absolute():
-        return data_path
-    candidates = [REPO_ROOT / data_path, Path.cwd() / data_path, REPO_ROOT / 'tools' / data_path]
-    return next((c.resolve() for c in candidates if c.exists()), candidates[0])
 
 
 def detection_name(category_name):
