@@ -25,29 +25,10 @@ import torch  # noqa: E402
 from pcdet.config import log_config_to_file  # noqa: E402
 from pcdet.training.distributed import init_dist, single_process_info, split_batch_size  # noqa: E402
 from pcdet.training.eval_loop import epoch_id_from_ckpt, eval_one_epoch, repeat_eval_ckpt  # noqa: E402
-from pcdet.training.run_utils import (build_test_parser, collect_env_info, create_tb_writer,  # noqa: E402
-                                      derive_output_dir, parse_config)
+from pcdet.training.run_utils import (build_dataloader, build_network, build_test_parser,  # noqa: E402
+                                      collect_env_info, create_tb_writer, derive_output_dir, load_data_to_device,
+                                      load_params_from_file, parse_config)
 from pcdet.utils import common_utils  # noqa: E402
-
-
-def build_dataloader(*args, **kwargs):
-    from pcdet.datasets import build_dataloader as impl
-    return impl(*args, **kwargs)
-
-
-def build_network(*args, **kwargs):
-    from pcdet.models.build import build_network as impl
-    return impl(*args, **kwargs)
-
-
-def load_data_to_device(batch_dict, device):
-    from pcdet.models.build import load_data_to_device as impl
-    return impl(batch_dict, device)
-
-
-def load_params_from_file(model, filename, logger, to_cpu=True, strict=False):
-    from pcdet.utils.checkpoint import load_params_from_file as impl
-    return impl(model, filename, logger, to_cpu=to_cpu, strict=strict)
 
 
 def parse_args(argv=None):

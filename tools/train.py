@@ -25,36 +25,17 @@ import os  # noqa: E402
 from pcdet.config import log_config_to_file, save_config_to_file  # noqa: E402
 from pcdet.training import (build_grad_scaler, build_optimizer, build_scheduler, check_remaining_work,  # noqa: E402
                             eval_checkpoint_list, resolve_amp_mode, resume_from, train_model)
+from pcdet.training.train_loop import make_model_func  # noqa: E402
 from pcdet.training.checkpointing import ResumeError, epoch_checkpoints, find_resume_checkpoint  # noqa: E402
 from pcdet.training.distributed import (barrier, broadcast_object, convert_sync_bn, init_dist,  # noqa: E402
                                         single_process_info, split_batch_size, unwrap_model, wrap_ddp)
-from pcdet.training.run_utils import (build_train_parser, collect_env_info, create_tb_writer,  # noqa: E402
-                                      derive_output_dir, parse_config)
+from pcdet.training.run_utils import (build_dataloader, build_network, build_train_parser,  # noqa: E402
+                                      collect_env_info, create_tb_writer, derive_output_dir, load_data_to_device,
+                                      load_params_from_file, parse_config)
 from pcdet.utils import common_utils  # noqa: E402
 from pcdet.utils.file_utils import atomic_save_bytes  # noqa: E402
 
 FIXED_SEED = 666
-
-
-# Indirections to the dataset/model modules (imported on use; tests replace these attributes with stand-ins).
-def build_dataloader(*args, **kwargs):
-    from pcdet.datasets import build_dataloader as impl
-    return impl(*args, **kwargs)
-
-
-def build_network(*args, **kwargs):
-    from pcdet.models.build import build_network as impl
-    return impl(*args, **kwargs)
-
-
-def load_data_to_device(batch_dict, device):
-    from pcdet.models.build import load_data_to_device as impl
-    return impl(batch_dict, device)
-
-
-def load_params_from_file(model, filename, logger, to_cpu=True, strict=False):
-    from pcdet.utils.checkpoint import load_params_from_file as impl
-    return impl(model, filename, logger, to_cpu=to_cpu, strict=strict)
 
 
 def parse_args(argv=None):
@@ -65,18 +46,6 @@ def parse_args(argv=None):
         args.resume = args.ckpt
     cfg = parse_config(args)
     return args, cfg
-
-
-def make_model_func(device):
-    def model_func(model, batch_dict):
-        load_data_to_device(batch_dict, device)
-        ret_dict, tb_dict, disp_dict = model(batch_dict)
-        loss = ret_dict['loss'].mean()
-        target = unwrap_model(model)
-        if hasattr(target, 'update_global_step'):
-            target.update_global_step()
-        return loss, tb_dict, disp_dict
-    return model_func
 
 
 def main(argv=None):
@@ -180,7 +149,8 @@ def main(argv=None):
     logger.info(f'**********************Start training {cfg.EXP_GROUP_PATH}/{cfg.TAG}({args.extra_tag})'
                 '**********************')
     train_model(
-        model, optimizer, train_loader, model_func=make_model_func(device), lr_scheduler=lr_scheduler,
+        model, optimizer, train_loader, model_func=make_model_func(device, load_fn=load_data_to_device),
+        lr_scheduler=lr_scheduler,
         optim_cfg=cfg.OPTIMIZATION, start_epoch=start_epoch, total_epochs=total_epochs, start_iter=accumulated_iter,
         rank=rank, tb_log=tb_log, ckpt_save_dir=ckpt_dir, train_sampler=train_sampler,
         ckpt_save_interval=args.ckpt_save_interval, max_ckpt_save_num=args.max_ckpt_save_num,

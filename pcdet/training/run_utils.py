@@ -150,3 +150,25 @@ def create_tb_writer(log_dir, logger=None):
             logger.warning('tensorboardX is not installed: no TensorBoard logs')
         return None
     return SummaryWriter(log_dir=str(log_dir))
+
+
+# Indirections to the dataset/model modules, imported on first use so the tools start fast and the training
+# machinery never imports a model it does not run; tests replace these names on the tool modules with stand-ins.
+def build_dataloader(*args, **kwargs):
+    from ..datasets import build_dataloader as impl
+    return impl(*args, **kwargs)
+
+
+def build_network(*args, **kwargs):
+    from ..models.build import build_network as impl
+    return impl(*args, **kwargs)
+
+
+def load_data_to_device(batch_dict, device):
+    from ..models.build import load_data_to_device as impl
+    return impl(batch_dict, device)
+
+
+def load_params_from_file(model, filename, logger, to_cpu=True, strict=False):
+    from ..utils.checkpoint import load_params_from_file as impl
+    return impl(model, filename, logger, to_cpu=to_cpu, strict=strict)

@@ -73,12 +73,14 @@ def build_grad_scaler(amp_mode, device, optim_cfg=None):
     return torch.amp.GradScaler(torch.device(device).type, init_scale=init_scale, enabled=(amp_mode == 'fp16'))
 
 
-def make_model_func(device):
-    """Upstream's `model_fn_decorator`: move the batch to `device`, forward, mean the loss, bump the global step."""
-    from ..models.build import load_data_to_device  # imported lazily: the models package is optional here
+def make_model_func(device, load_fn=None):
+    """Upstream's `model_fn_decorator`: move the batch to `device` (with `load_fn`, default
+    `pcdet.models.build.load_data_to_device`), forward, mean the loss, bump the global step."""
+    if load_fn is None:
+        from ..models.build import load_data_to_device as load_fn  # lazily: the models package is optional here
 
     def model_func(model, batch_dict):
-        load_data_to_device(batch_dict, device)
+        load_fn(batch_dict, device)
         ret_dict, tb_dict, disp_dict = model(batch_dict)
         loss = ret_dict['loss'].mean()
         target = unwrap_model(model)
