@@ -10,10 +10,10 @@ Rules by key (a key missing from the table is stacked with `np.stack`, so `frame
     images, depth_maps (H_i, W_i, ...)                   -> zero-padded to the largest H, W and stacked
     calib                                                -> kept as a list
     camera_imgs (torch tensors)                          -> torch.stack
+    point_teacher_features (N_i, F)                      -> (sum N_i, F) concatenated in batch order, so row r stays
+        aligned with row r of the collated `points`
 Adds `batch_size` (= B, times the number of views when samples carry lists of views). A failure raises TypeError
-naming the key.
-
-`register_collate_rule(key, rule)` adds a rule for new per-sample keys (e.g. per-point teacher features).
+naming the key. `register_collate_rule(key, rule)` adds a rule for new per-sample keys.
 """
 from collections import defaultdict
 
@@ -68,6 +68,8 @@ COLLATE_RULES = {
     'depth_maps': pad_images,
     'calib': list,
     'camera_imgs': torch.stack,
+    # per-point teacher features: rows follow the rows of `points`, which are concatenated in batch order
+    'point_teacher_features': concatenate,
 }
 
 

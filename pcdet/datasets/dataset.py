@@ -16,6 +16,15 @@ and `evaluation(det_annos, class_names, **kwargs)`.
 
 Self-supervised mode (`CLASS_NAMES: []`): boxes are dropped before augmentation, gt_sampling is skipped and a
 sample is never resampled.
+
+Teacher features (`DATA_CONFIG.TEACHER_FEATURES`, present and `ENABLED` not False; spec §1.4 D-SEAL-2): the subclass
+appends the F = NUM_FEATURES stored per-point teacher features as trailing columns of `points` (N, C_src + F) before
+`prepare_data`; augmentation (columns 0:3 only), the point feature encoder (`num_carried_columns=F`, passed through),
+range masking and shuffling (row indexing) keep them row-aligned by construction. After the data processor they are
+split off: `points` (N', num_point_features) as usual and `point_teacher_features` (N', F) float32, row-aligned
+(collated by concatenation in batch order, like the rows of `points`). Not combinable (ConfigError at build time):
+active gt_sampling (pasted object points have no features) and hard voxelization `transform_points_to_voxels` (only
+the placeholder / dynamic-voxelization path keeps per-point rows).
 """
 from pathlib import Path
 
@@ -26,9 +35,11 @@ from ..config import ConfigError, require_keys
 from .augmentor import DataAugmentor
 from .collate import collate_batch
 from .processor import DataProcessor, PointFeatureEncoder
+from .teachers.feature_store import teacher_features_cfg
 
 SECTION = 'DATA_CONFIG'
 BOX_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes2d')
+TEACHER_FEATURES_KEY = 'point_teacher_features'  # collated by concatenation, like the rows of points (collate.py)
 
 
 class _NoBoxesLeft(Exception):
@@ -69,6 +80,8 @@ class DatasetTemplate(torch_data.Dataset):
         self.total_epochs = 0
         self._merge_all_iters_to_one_epoch = False
         self._resampling = False
+        self.teacher_cfg = teacher_features_cfg(dataset_cfg)  # None unless TEACHER_FEATURES is present and enabled
+        self.num_teacher_features = int(self.teacher_cfg['NUM_FEATURES']) if self.teacher_cfg else 0
         if dataset_cfg is None or class_names is None:
             return
 
@@ -76,7 +89,10 @@ class DatasetTemplate(torch_data.Dataset):
         self.point_cloud_range = np.array(dataset_cfg.POINT_CLOUD_RANGE, dtype=np.float32)
         if self.point_cloud_range.shape != (6,):
             raise ConfigError(f'{SECTION}.POINT_CLOUD_RANGE needs 6 values, got {dataset_cfg.POINT_CLOUD_RANGE}')
-        self.point_feature_encoder = PointFeatureEncoder(dataset_cfg.POINT_FEATURE_ENCODING, self.point_cloud_range)
+        if self.teacher_cfg:
+            self._check_teacher_feature_pipeline(dataset_cfg)
+        self.point_feature_encoder = PointFeatureEncoder(dataset_cfg.POINT_FEATURE_ENCODING, self.point_cloud_range,
+                                                         num_carried_columns=self.num_teacher_features)
         self.data_augmentor = DataAugmentor(self.root_path, dataset_cfg.get('DATA_AUGMENTOR'), self.class_names,
                                             logger=logger) if training else None
         self.data_processor = DataProcessor(dataset_cfg.get('DATA_PROCESSOR'), self.point_cloud_range, training,
@@ -84,6 +100,19 @@ class DatasetTemplate(torch_data.Dataset):
         self.grid_size = self.data_processor.grid_size
         self.voxel_size = self.data_processor.voxel_size
         self.depth_downsample_factor = getattr(self.data_processor, 'depth_downsample_factor', None)
+
+    def _check_teacher_feature_pipeline(self, dataset_cfg):
+        """ConfigError for steps that would break the row alignment of the carried teacher features (checked on the
+        config before the augmentor opens any GT database)."""
+        if self.training and self.class_names and _gt_sampling_configured(dataset_cfg.get('DATA_AUGMENTOR')):
+            raise ConfigError(f'{SECTION}.TEACHER_FEATURES with an active gt_sampling: pasted object points have no '
+                              'teacher features. Add gt_sampling to DATA_AUGMENTOR.DISABLE_AUG_LIST (self-supervised '
+                              'mode, CLASS_NAMES: [], skips it anyway) or set TEACHER_FEATURES.ENABLED: False')
+        names = [step.get('NAME') for step in dataset_cfg.get('DATA_PROCESSOR') or []]
+        if 'transform_points_to_voxels' in names:
+            raise ConfigError(f'{SECTION}.TEACHER_FEATURES with DATA_PROCESSOR transform_points_to_voxels (hard '
+                              'voxels): per-point teacher features need per-point rows; use '
+                              'transform_points_to_voxels_placeholder (dynamic voxelization in the model)')
 
     @property
     def mode(self):
@@ -174,6 +203,11 @@ class DatasetTemplate(torch_data.Dataset):
         if data_dict.get('points') is not None:
             data_dict = self.point_feature_encoder.forward(data_dict)
         data_dict = self.data_processor.forward(data_dict)
+        if self.num_teacher_features and data_dict.get('points') is not None:
+            points = data_dict['points']
+            data_dict['points'] = np.ascontiguousarray(points[:, :-self.num_teacher_features])
+            data_dict[TEACHER_FEATURES_KEY] = np.ascontiguousarray(points[:, -self.num_teacher_features:],
+                                                                   dtype=np.float32)
 
         if self.training and not self.self_supervised and len(data_dict['gt_boxes']) == 0:
             raise _NoBoxesLeft()
@@ -199,6 +233,17 @@ class DatasetTemplate(torch_data.Dataset):
                 anno['metadata'] = batch_dict['metadata'][index]
             annos.append(anno)
         return annos
+
+
+def _gt_sampling_configured(augmentor_cfg):
+    """True when DATA_AUGMENTOR lists gt_sampling and DISABLE_AUG_LIST does not switch it off (DataAugmentor's rules;
+    a bare list is the old-style AUG_CONFIG_LIST)."""
+    if isinstance(augmentor_cfg, (list, tuple)):
+        configs, disabled = augmentor_cfg, []
+    else:
+        configs = (augmentor_cfg or {}).get('AUG_CONFIG_LIST') or []
+        disabled = (augmentor_cfg or {}).get('DISABLE_AUG_LIST') or []
+    return any(config.get('NAME') == 'gt_sampling' for config in configs) and 'gt_sampling' not in disabled
 
 
 def _to_numpy(value):

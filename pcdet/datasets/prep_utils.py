@@ -17,6 +17,7 @@ files are not fsynced one by one) and writes the pkl LAST (atomically). The pkl 
 previous complete database (or nothing) and deletes the temporary folder; a hard kill leaves at most a hidden
 `.<folder>.tmp-*` folder, removed by the next build.
 """
+import contextlib
 import os
 import pickle
 import shutil
@@ -252,3 +253,21 @@ class GTDatabaseWriter:
         if self.tmp_dir is not None:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
         return False
+
+
+@contextlib.contextmanager
+def process_pool(num_processes, **pool_kwargs):
+    """A multiprocessing pool (fork on POSIX, so children inherit loaded kernels) for `num_processes > 1`, else None
+    (run in this process). Closed and joined when the block ends normally, terminated when it raises."""
+    if num_processes <= 1:
+        yield None
+        return
+    import multiprocessing
+    pool = multiprocessing.get_context('fork' if os.name == 'posix' else 'spawn').Pool(num_processes, **pool_kwargs)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()

@@ -56,10 +56,10 @@ def test_error_names_the_failing_key():
 
 def test_registered_rule_for_new_per_point_key():
     from pcdet.datasets.collate import COLLATE_RULES, prepend_batch_index
-    register_collate_rule('point_teacher_features', prepend_batch_index)
+    register_collate_rule('my_point_attribute', prepend_batch_index)
     try:
-        samples = [{'point_teacher_features': np.zeros((2, 3))}, {'point_teacher_features': np.ones((1, 3))}]
+        samples = [{'my_point_attribute': np.zeros((2, 3))}, {'my_point_attribute': np.ones((1, 3))}]
         batch = collate_batch(samples)
-        assert batch['point_teacher_features'].shape == (3, 4)
+        assert batch['my_point_attribute'].shape == (3, 4)
     finally:
-        COLLATE_RULES.pop('point_teacher_features')
+        COLLATE_RULES.pop('my_point_attribute')

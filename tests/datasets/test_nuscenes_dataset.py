@@ -131,3 +131,16 @@ def test_bad_info_schema_is_a_clear_error(data_path, synthetic_nuscenes_version)
     with pytest.raises(InfoSchemaError, match="regenerate with create_nuscenes_infos") as err:
         NuScenesDataset(cfg, CLASS_NAMES, training=False)
     assert 'old_infos.pkl' in str(err.value) and "'sweeps'" in str(err.value)
+
+
+def test_sampled_interval_keeps_every_kth_frame(data_path, synthetic_nuscenes_version):
+    cfg = make_cfg(data_path, synthetic_nuscenes_version, BALANCED_RESAMPLING=False)
+    full = NuScenesDataset(cfg, CLASS_NAMES, training=True)
+    cfg.SAMPLED_INTERVAL = {'train': 3, 'test': 1}
+    subset = NuScenesDataset(cfg, CLASS_NAMES, training=True)
+    assert [i['token'] for i in subset.infos] == [i['token'] for i in full.infos[::3]]
+    assert len(NuScenesDataset(cfg, CLASS_NAMES, training=False).infos) == len(
+        NuScenesDataset(make_cfg(data_path, synthetic_nuscenes_version), CLASS_NAMES, training=False).infos)
+    cfg.SAMPLED_INTERVAL = {'train': 0, 'test': 1}
+    with pytest.raises(ValueError, match='SAMPLED_INTERVAL.train'):
+        NuScenesDataset(cfg, CLASS_NAMES, training=True)

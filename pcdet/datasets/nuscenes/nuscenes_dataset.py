@@ -1,7 +1,8 @@
 """`NuScenesDataset` (OpenPCDet-compatible) and the `create_nuscenes_infos` CLI.
 
-Dataset cfg keys read: DATA_PATH, VERSION, MAX_SWEEPS, INFO_PATH {train, test}, PRED_VELOCITY,
-SET_NAN_VELOCITY_TO_ZEROS, FILTER_MIN_POINTS_IN_GT, BALANCED_RESAMPLING, optional EVAL_SET, plus DatasetTemplate's.
+Dataset cfg keys read: DATA_PATH, VERSION, MAX_SWEEPS, INFO_PATH {train, test}, optional SAMPLED_INTERVAL
+{train, test}, PRED_VELOCITY, SET_NAN_VELOCITY_TO_ZEROS, FILTER_MIN_POINTS_IN_GT, BALANCED_RESAMPLING, optional
+EVAL_SET, plus DatasetTemplate's.
 `root_path` = DATA_PATH/VERSION (a relative DATA_PATH is resolved against the repo root, then the CWD, then tools/).
 
 Sample (`__getitem__`, before `prepare_data`): points (N, 5) float32 x, y, z, intensity, time_lag in the keyframe
@@ -9,6 +10,14 @@ LiDAR frame; frame_id (lidar file stem); metadata {'token'}; gt_boxes (M, 9) / g
 empty (self-supervised mode: no boxes at all). Sweeps: training draws MAX_SWEEPS-1 of them with
 `np.random.choice(..., replace=False)` as upstream; testing takes the first MAX_SWEEPS-1 in order (deterministic;
 upstream draws randomly at test time too, which only changes the point order when all sweeps are used).
+
+Teacher features (`TEACHER_FEATURES` block, see DatasetTemplate and teachers/feature_store.py): the folder's
+manifest is checked at construction (same teacher config, >= MAX_SWEEPS - 1 stored sweeps); per sample the frame's
+`<FEATURE_DIR>/<frame_id>.npz` is read, the sweeps are drawn from the S sweeps stored in it (training: random without
+replacement, testing: the first ones), the key frame and those sweeps are loaded as parts with the same loader that
+produced the file, every part's row count is checked against the file (stale file: error naming it), and the
+features are appended as trailing columns: points (N, 5 + F) before prepare_data, split into points (N', 5) +
+point_teacher_features (N', F) float32 after it.
 
 Info files are validated on load (list of dicts with the required keys, `info_schema` marker if present, enough
 sweeps for MAX_SWEEPS); a bad file raises InfoSchemaError naming it and saying to regenerate it.
@@ -32,7 +41,8 @@ import numpy as np
 
 from ..dataset import DatasetTemplate
 from ..prep_utils import InfoSchemaError, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401 (re-export)
-from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_points_with_sweeps, resolve_data_path
+from ..teachers import feature_store
+from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_point_parts, load_points_with_sweeps, resolve_data_path
 
 REQUIRED_INFO_KEYS = ('lidar_path', 'token', 'sweeps', 'ref_from_car', 'car_from_global', 'timestamp')
 GT_INFO_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes_velocity', 'gt_boxes_token', 'num_lidar_pts', 'num_radar_pts')
@@ -104,6 +114,11 @@ class NuScenesDataset(DatasetTemplate):
         self.infos = self.include_nuscenes_data(self.mode)
         if self.training and self.dataset_cfg.get('BALANCED_RESAMPLING', False):
             self.infos = balanced_infos_resampling(self.infos, self.class_names, self._log)
+        self.teacher_feature_root = None
+        if self.teacher_cfg:
+            self.teacher_feature_root = feature_store.feature_root(self.root_path, self.teacher_cfg)
+            feature_store.check_manifest(self.teacher_feature_root, self.teacher_cfg, 'NuScenesDataset',
+                                         min_sweeps=self.dataset_cfg.MAX_SWEEPS - 1)
 
     @property
     def _log(self):
@@ -128,22 +143,54 @@ class NuScenesDataset(DatasetTemplate):
         return infos
 
     def include_nuscenes_data(self, mode):
+        """Infos of the split, every SAMPLED_INTERVAL[mode]-th one (optional key, as for Waymo; e.g. 10 for a
+        10%-of-the-labels fine-tune)."""
         infos = self.load_split_infos(mode)
         self._log.info(f'Total samples for NuScenes dataset ({mode}): {len(infos)}')
+        interval = int((self.dataset_cfg.get('SAMPLED_INTERVAL', None) or {}).get(mode, 1))
+        if interval < 1:
+            raise ValueError(f'DATA_CONFIG.SAMPLED_INTERVAL.{mode} must be >= 1, got {interval}')
+        if interval > 1:
+            infos = infos[::interval]
+            self._log.info(f'Total sampled samples for NuScenes dataset ({mode}): {len(infos)} '
+                           f'(SAMPLED_INTERVAL {interval})')
         return infos
 
+    def draw_sweep_indices(self, num_available, num_sweeps):
+        """Indices of the sweeps to load among the first `num_available` (module docs)."""
+        if self.training:
+            return np.random.choice(num_available, num_sweeps, replace=False)
+        return range(num_sweeps)
+
     def get_lidar_with_sweeps(self, index, max_sweeps=1):
-        """(N, 5) float32 x, y, z, intensity, time_lag: keyframe + max_sweeps-1 sweeps (module docs)."""
+        """(N, 5) float32 x, y, z, intensity, time_lag: keyframe + max_sweeps-1 sweeps (module docs); with teacher
+        features (N, 5 + F): the frame's stored features appended as trailing columns."""
         info = self.infos[index]
         num_sweeps = max_sweeps - 1
         if num_sweeps > len(info['sweeps']):
             raise ValueError(f'frame {info["token"]} has {len(info["sweeps"])} sweeps, {num_sweeps} requested; '
                              f'regenerate the infos with MAX_SWEEPS >= {max_sweeps}')
-        if self.training:
-            sweep_indices = np.random.choice(len(info['sweeps']), num_sweeps, replace=False)
-        else:
-            sweep_indices = range(num_sweeps)
-        return load_points_with_sweeps(self.root_path, info, sweep_indices)
+        if self.teacher_cfg:
+            return self.get_lidar_and_teacher_features(info, num_sweeps)
+        return load_points_with_sweeps(self.root_path, info, self.draw_sweep_indices(len(info['sweeps']), num_sweeps))
+
+    def get_lidar_and_teacher_features(self, info, num_sweeps):
+        """(N, 5 + F) float32: key frame + `num_sweeps` sweeps drawn from those stored in the frame's feature file,
+        each part's stored features appended to its rows (row counts checked: a stale file raises naming it)."""
+        path = feature_store.feature_path(self.teacher_feature_root, '', Path(info['lidar_path']).stem)
+        features, part_sizes = feature_store.load_frame_features(path, self.num_teacher_features)
+        stored_sweeps = len(part_sizes) - 1
+        if num_sweeps > stored_sweeps:
+            raise feature_store.FeatureStoreError(
+                f'teacher feature file {path} stores {stored_sweeps} sweeps but MAX_SWEEPS - 1 = {num_sweeps} are '
+                f'drawn; lower MAX_SWEEPS or regenerate the features into a new FEATURE_DIR with --num_sweeps '
+                f'{num_sweeps}: {feature_store.PREPARE_COMMAND}')
+        sweep_indices = list(self.draw_sweep_indices(stored_sweeps, num_sweeps))
+        parts = load_point_parts(self.root_path, info, sweep_indices)
+        part_features = feature_store.join_part_features(
+            path, features, part_sizes, [0] + [1 + k for k in sweep_indices], [len(part) for part in parts],
+            [info['lidar_path']] + [info['sweeps'][k]['lidar_path'] for k in sweep_indices])
+        return np.concatenate([np.concatenate(parts, axis=0), part_features], axis=1).astype(np.float32, copy=False)
 
     def __len__(self):
         if getattr(self, '_merge_all_iters_to_one_epoch', False):

@@ -247,21 +247,53 @@ def read_lidar_file(path):
     return np.fromfile(str(path), dtype=np.float32).reshape(-1, NUM_POINT_COLUMNS_ON_DISK)
 
 
-def load_sweep_points(root_path, sweep, ego_radius=1.0):
+def ego_points_mask(points, ego_radius=1.0):
+    """(N,) bool, True for the ego vehicle's own returns: |x| < ego_radius and |y| < ego_radius (sensor frame)."""
+    return (np.abs(points[:, 0]) < ego_radius) & (np.abs(points[:, 1]) < ego_radius)
+
+
+def load_sweep_points(root_path, sweep, ego_radius=1.0, return_raw_rows=False):
     """(M, 5) float32 x, y, z, intensity, time_lag of one sweep in the keyframe LiDAR frame; points with
-    |x| < ego_radius and |y| < ego_radius (the ego vehicle, in the sweep's own frame) are removed first."""
+    |x| < ego_radius and |y| < ego_radius (the ego vehicle, in the sweep's own frame) are removed first.
+    `return_raw_rows=True` also returns the (M,) int64 row index of every kept point in the `.pcd.bin` file (to
+    pick per-point labels of the same points)."""
     points = read_lidar_file(Path(root_path) / sweep['lidar_path'])[:, :4]
-    points = points[~((np.abs(points[:, 0]) < ego_radius) & (np.abs(points[:, 1]) < ego_radius))]
+    raw_rows = np.flatnonzero(~ego_points_mask(points, ego_radius))
+    points = points[raw_rows]
     if sweep['transform_matrix'] is not None:
         transform = np.asarray(sweep['transform_matrix'], dtype=np.float64)
         points[:, :3] = points[:, :3].astype(np.float64) @ transform[:3, :3].T + transform[:3, 3]
     times = np.full((points.shape[0], 1), sweep['time_lag'], dtype=np.float32)
-    return np.concatenate([points, times], axis=1)
+    points = np.concatenate([points, times], axis=1)
+    return (points, raw_rows) if return_raw_rows else points
+
+
+def load_key_frame_points(root_path, info):
+    """(N, 5) float32 x, y, z, intensity, time_lag = 0 of the key frame file (all rows, in file order)."""
+    key_points = read_lidar_file(Path(root_path) / info['lidar_path'])[:, :4]
+    return np.concatenate([key_points, np.zeros((key_points.shape[0], 1), dtype=np.float32)], axis=1)
+
+
+def load_point_parts(root_path, info, sweep_indices, return_raw_rows=False):
+    """The ONE loader of a key frame with sweeps, as a list of parts (each (N_i, 5) float32 x, y, z, intensity,
+    time_lag in the keyframe LiDAR frame): part 0 = the key frame (all rows, file order), then part 1 + j =
+    `info['sweeps'][sweep_indices[j]]` without its ego points (`load_sweep_points`).
+
+    Both the dataset (`load_points_with_sweeps`) and the offline teacher-feature tool (teachers/prepare.py) go
+    through here, so a part's rows are the same points in the same order in both (per-point teacher features are
+    stored per part and re-joined to these rows). `return_raw_rows=True` returns `(parts, raw_rows)` where
+    `raw_rows[i]` (N_i,) int64 are the rows of part i in its `.pcd.bin` file."""
+    key_points = load_key_frame_points(root_path, info)
+    parts, raw_rows = [key_points], [np.arange(key_points.shape[0], dtype=np.int64)]
+    for k in sweep_indices:
+        points, rows = load_sweep_points(root_path, info['sweeps'][k], return_raw_rows=True)
+        parts.append(points)
+        raw_rows.append(rows)
+    return (parts, raw_rows) if return_raw_rows else parts
 
 
 def load_points_with_sweeps(root_path, info, sweep_indices):
-    """(N, 5) float32 x, y, z, intensity, time_lag: keyframe (time 0) then `info['sweeps'][k]` for k in order."""
-    key_points = read_lidar_file(Path(root_path) / info['lidar_path'])[:, :4]
-    parts = [np.concatenate([key_points, np.zeros((key_points.shape[0], 1), dtype=np.float32)], axis=1)]
-    parts += [load_sweep_points(root_path, info['sweeps'][k]) for k in sweep_indices]
+    """(N, 5) float32 x, y, z, intensity, time_lag: keyframe (time 0) then `info['sweeps'][k]` for k in order
+    (the concatenation of `load_point_parts`)."""
+    parts = load_point_parts(root_path, info, sweep_indices)
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)

@@ -5,10 +5,15 @@ Config `DATA_CONFIG.POINT_FEATURE_ENCODING`: `encoding_type` (only `absolute_coo
 keep), optional `filter_sweeps` + `max_sweeps` (keep points whose rounded `timestamp` is among the first
 `max_sweeps` distinct values).
 
+Carried columns (`num_carried_columns` K, e.g. per-point teacher features, DatasetTemplate passes
+TEACHER_FEATURES.NUM_FEATURES): the loaded points then have K trailing columns after the src_feature_list ones; they
+are not features of the model input here, just passed through unchanged behind the encoded columns (row filters such
+as filter_sweeps apply to them too). DatasetTemplate splits them off after the data processor.
+
 data_dict keys
-    reads:  points (N, len(src_feature_list))
-    writes: points (N, num_point_features) = [x, y, z, used non-xyz features in used_feature_list order],
-            use_lead_xyz (bool, always True)
+    reads:  points (N, len(src_feature_list) + K)
+    writes: points (N, num_point_features + K) = [x, y, z, used non-xyz features in used_feature_list order,
+            K carried columns], use_lead_xyz (bool, always True)
 """
 import numpy as np
 
@@ -21,7 +26,7 @@ XYZ = ('x', 'y', 'z')
 class PointFeatureEncoder:
     ENCODING_TYPES = ('absolute_coordinates_encoding',)
 
-    def __init__(self, config, point_cloud_range=None):
+    def __init__(self, config, point_cloud_range=None, num_carried_columns=0):
         require_keys(config, ['encoding_type', 'src_feature_list', 'used_feature_list'], SECTION)
         if config.encoding_type not in self.ENCODING_TYPES:
             raise ConfigError(f'{SECTION}.encoding_type: unknown {config.encoding_type!r}, '
@@ -30,6 +35,9 @@ class PointFeatureEncoder:
         self.src_feature_list = list(config.src_feature_list)
         self.used_feature_list = list(config.used_feature_list)
         self.point_cloud_range = point_cloud_range
+        self.num_carried_columns = int(num_carried_columns)
+        if self.num_carried_columns < 0:
+            raise ValueError(f'num_carried_columns must be >= 0, got {num_carried_columns}')
         if tuple(self.src_feature_list[0:3]) != XYZ:
             raise ConfigError(f'{SECTION}.src_feature_list must start with x, y, z; got {self.src_feature_list}')
         unknown = [name for name in self.used_feature_list if name not in self.src_feature_list]
@@ -41,18 +49,23 @@ class PointFeatureEncoder:
 
     @property
     def num_point_features(self):
-        """Columns of the encoded points: x, y, z + the used non-xyz features (= len(used_feature_list) upstream)."""
+        """Columns of the encoded points: x, y, z + the used non-xyz features (= len(used_feature_list) upstream);
+        carried columns are not counted."""
         return len(self._used_columns)
 
     def forward(self, data_dict):
         points = data_dict['points']
-        if points.ndim != 2 or points.shape[-1] != len(self.src_feature_list):
+        expected = len(self.src_feature_list) + self.num_carried_columns
+        if points.ndim != 2 or points.shape[-1] != expected:
+            carried = f' + {self.num_carried_columns} carried (teacher feature) columns' if self.num_carried_columns \
+                else ''
             raise ValueError(
                 f'points have {points.shape[-1] if points.ndim == 2 else points.shape} columns but '
-                f'{SECTION}.src_feature_list expects {len(self.src_feature_list)}: {self.src_feature_list}')
+                f'{SECTION}.src_feature_list expects {len(self.src_feature_list)}: {self.src_feature_list}{carried}')
         if self.point_encoding_config.get('filter_sweeps', False) and 'timestamp' in self.src_feature_list:
             points = self._filter_sweeps(points)
-        data_dict['points'] = points[:, self._used_columns]
+        columns = self._used_columns + list(range(len(self.src_feature_list), expected))
+        data_dict['points'] = points[:, columns]
         data_dict['use_lead_xyz'] = True
         return data_dict
 

@@ -16,6 +16,12 @@ Sample (`__getitem__`, before `prepare_data`): sample_idx, points (N, 5) float32
 (vx, vy in the vehicle frame), num_points_in_gt (popped after prepare_data); training with
 FILTER_EMPTY_BOXES_FOR_TRAIN drops 0-point boxes. After prepare_data: metadata = info['metadata'].
 
+Teacher features (`TEACHER_FEATURES` block, see DatasetTemplate and teachers/feature_store.py): one part per frame,
+`<DATA_PATH>/<FEATURE_DIR>/<frame_id>.npz` computed from the processed .npy as stored (all rows, before the NLZ filter
+and tanh); its row count is checked against the .npy (stale file: error naming it), the NLZ mask that drops points
+is applied to the features too, and they are appended as trailing columns of `points` (N, 5 + F) before
+prepare_data (split into points + point_teacher_features (N', F) after it). The manifest is checked at construction.
+
 CLI:
     python -m pcdet.datasets.waymo.waymo_dataset --func create_waymo_infos \\
         --cfg_file tools/cfgs/dataset_configs/waymo_dataset.yaml [--data_path DIR] [--processed_data_tag TAG] \\
@@ -37,7 +43,8 @@ import numpy as np
 from ...config import ConfigError
 from ...utils.file_utils import atomic_pickle_dump
 from ..dataset import DatasetTemplate
-from ..prep_utils import InfoSchemaError, resolve_cfg_file, resolve_data_path
+from ..prep_utils import InfoSchemaError, process_pool, resolve_cfg_file, resolve_data_path
+from ..teachers import feature_store
 from . import waymo_utils
 from .waymo_utils import (CREATE_INFOS_COMMAND, INFO_SCHEMA, MissingSequenceError,  # noqa: F401 (re-exported)
                           WaymoPointFileError, candidate_sequence_names, load_points, load_sequence_infos,
@@ -85,6 +92,10 @@ class WaymoDataset(DatasetTemplate):
         self.infos, self.seq_name_to_infos = [], {}
         self.include_waymo_data(self.mode)
         self._check_gt_database()
+        self.teacher_feature_root = None
+        if self.teacher_cfg:
+            self.teacher_feature_root = feature_store.feature_root(self.root_path, self.teacher_cfg)
+            feature_store.check_manifest(self.teacher_feature_root, self.teacher_cfg, 'WaymoDataset')
 
     @property
     def _log(self):
@@ -150,6 +161,19 @@ class WaymoDataset(DatasetTemplate):
         return load_points(waymo_utils.lidar_file(self.data_path, sequence_name, sample_idx),
                            self.point_transform['points_tanh_dim'], self.point_transform['nlz_points_kept'])
 
+    def get_teacher_features(self, sequence_name, sample_idx, frame_id):
+        """(N', F) float32 stored teacher features of a frame, rows matching `get_lidar` (NLZ mask applied)."""
+        path = feature_store.feature_path(self.teacher_feature_root, '', frame_id)
+        features, part_sizes = feature_store.load_frame_features(path, self.num_teacher_features)
+        lidar_path = waymo_utils.lidar_file(self.data_path, sequence_name, sample_idx)
+        stored_points = np.load(lidar_path, mmap_mode='r')  # rows + NLZ flags only; get_lidar validated the file
+        features = feature_store.join_part_features(path, features, part_sizes, [0], [len(stored_points)],
+                                                    [str(lidar_path)])
+        if not self.point_transform['nlz_points_kept']:
+            nlz_column = waymo_utils.POINT_COLUMNS_ON_DISK.index('NLZ_flag')
+            features = features[np.asarray(stored_points[:, nlz_column]) == -1]  # load_points' row filter
+        return features
+
     def __len__(self):
         if self._merge_all_iters_to_one_epoch:
             return len(self.infos) * self.total_epochs
@@ -165,6 +189,9 @@ class WaymoDataset(DatasetTemplate):
             'points': self.get_lidar(pc_info['lidar_sequence'], pc_info['sample_idx']),
             'frame_id': info['frame_id'],
         }
+        if self.teacher_cfg:
+            features = self.get_teacher_features(pc_info['lidar_sequence'], pc_info['sample_idx'], info['frame_id'])
+            input_dict['points'] = np.concatenate([input_dict['points'], features], axis=1)
         if 'annos' in info and self.class_names is not None:
             annos = info['annos']
             known = np.asarray(annos['name']) != 'unknown'
@@ -283,36 +310,23 @@ def convert_split(save_path, sequence_files, workers=1, update_info_only=False, 
     logger.info(f'{desc}: converting {len(pending)} sequence(s) with {workers} worker(s)')
     bar = tqdm(total=len(pending), desc=desc, unit='seq', dynamic_ncols=True, disable=not progress)
     frames = points = 0
-    pool = None
+    if workers > 1:
+        from .tfrecord import crc32c
+        crc32c(bytes(64))  # load the numba CRC kernel once here: forked children inherit it (~1 s each)
     try:
-        if workers == 1:
-            summaries = map(task, pending)
-        else:
-            import multiprocessing
-
-            from .tfrecord import crc32c
-            crc32c(bytes(64))  # load the numba CRC kernel once here: forked children inherit it (~1 s each)
-            # one sequence per child process: each task starts from a fresh, small address space
-            pool = multiprocessing.get_context('fork' if os.name == 'posix' else 'spawn').Pool(
-                workers, maxtasksperchild=1)
-            summaries = pool.imap_unordered(task, pending)
-        for summary in summaries:
-            if summary['status'] == 'failed':
-                logger.error(f'{summary["sequence_name"]}: {summary["error"]}\n{summary["traceback"]}')
-                result['failed'].append(summary['sequence_name'])
-            else:
-                result[summary['status']].append(summary['sequence_name'])
-                frames += summary['num_frames'] or 0
-                points += summary['num_points'] or 0
-            bar.set_postfix(frames=frames, failed=len(result['failed']))
-            bar.update(1)
-        if pool is not None:
-            pool.close()
-            pool.join()
-    except BaseException:
-        if pool is not None:
-            pool.terminate()
-        raise
+        # one sequence per child process: each task starts from a fresh, small address space
+        with process_pool(workers, maxtasksperchild=1) as pool:
+            summaries = map(task, pending) if pool is None else pool.imap_unordered(task, pending)
+            for summary in summaries:
+                if summary['status'] == 'failed':
+                    logger.error(f'{summary["sequence_name"]}: {summary["error"]}\n{summary["traceback"]}')
+                    result['failed'].append(summary['sequence_name'])
+                else:
+                    result[summary['status']].append(summary['sequence_name'])
+                    frames += summary['num_frames'] or 0
+                    points += summary['num_points'] or 0
+                bar.set_postfix(frames=frames, failed=len(result['failed']))
+                bar.update(1)
     finally:
         bar.close()
     logger.info(f'{desc}: {len(result["converted"])} converted, {len(result["updated"])} updated '

@@ -1,0 +1,36 @@
+"""Offline per-point teacher features (spec §1.4 D-SEAL-2, §2.3, decision D2).
+
+    build_teacher(teacher_cfg) -> Teacher     by `teacher_cfg.NAME` (`DATA_CONFIG.TEACHER_FEATURES`):
+        synthetic_semantic   SyntheticSemanticTeacher (label-driven test stand-in, synthetic_semantic.py)
+        seal_minkunet        SealMinkUNetTeacher (imported on first use: it pulls in torch / the checkpoint)
+    KNOWN_TEACHERS                            the names above
+
+Modules: base (the protocol), synthetic_semantic, seal_minkunet, feature_store (per-frame float16 files + manifest),
+prepare (the `python -m pcdet.datasets.teachers.prepare` CLI, also `tools/prepare_seal_features.py`).
+"""
+import importlib
+
+from ...config import ConfigError, require_keys
+
+KNOWN_TEACHERS = {
+    'synthetic_semantic': 'pcdet.datasets.teachers.synthetic_semantic:SyntheticSemanticTeacher',
+    'seal_minkunet': 'pcdet.datasets.teachers.seal_minkunet:SealMinkUNetTeacher',
+}
+
+
+def teacher_class(name):
+    """The Teacher class registered under `name`; an unknown name raises ConfigError listing the known ones."""
+    if name not in KNOWN_TEACHERS:
+        raise ConfigError(f'DATA_CONFIG.TEACHER_FEATURES.NAME: unknown teacher {name!r}; known: '
+                          f'{sorted(KNOWN_TEACHERS)}')
+    module_name, _, attr = KNOWN_TEACHERS[name].partition(':')
+    return getattr(importlib.import_module(module_name), attr)  # lazy: seal_minkunet imports torch and friends
+
+
+def build_teacher(teacher_cfg):
+    """Teacher instance for `teacher_cfg` (needs NAME; the other keys are the teacher's own, e.g. NUM_FEATURES)."""
+    require_keys(teacher_cfg, ['NAME'], 'DATA_CONFIG.TEACHER_FEATURES')
+    return teacher_class(teacher_cfg['NAME'])(teacher_cfg)
+
+
+__all__ = ['KNOWN_TEACHERS', 'build_teacher', 'teacher_class']
