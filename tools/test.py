@@ -84,6 +84,10 @@ def main(argv=None):
         dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, batch_size=batch_size, dist=dist_test,
         workers=args.workers, logger=logger, training=False)
     model = build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=test_set)
+    if getattr(model, 'skip_evaluation', False):
+        logger.error(f'{args.cfg_file}: {cfg.MODEL.NAME} is a pretraining model without an evaluation metric; '
+                     'evaluate a fine-tuned detector instead (tools/train.py --pretrained_model CKPT)')
+        raise SystemExit(2)
 
     with torch.no_grad():
         if args.eval_all:

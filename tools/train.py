@@ -31,7 +31,7 @@ from pcdet.training.distributed import (barrier, broadcast_object, convert_sync_
                                         single_process_info, split_batch_size, unwrap_model, wrap_ddp)
 from pcdet.training.run_utils import (build_dataloader, build_network, build_train_parser,  # noqa: E402
                                       collect_env_info, create_tb_writer, derive_output_dir, load_data_to_device,
-                                      load_params_from_file, parse_config)
+                                      load_params_from_file, load_pretrained_model, parse_config)
 from pcdet.utils import common_utils  # noqa: E402
 from pcdet.utils.file_utils import atomic_save_bytes  # noqa: E402
 
@@ -119,7 +119,7 @@ def main(argv=None):
         if args.resume is not None:
             logger.warning('--pretrained_model is ignored: --resume restores all weights')
         else:
-            load_params_from_file(model, args.pretrained_model, logger, to_cpu=True, strict=False)
+            load_pretrained_model(model, args.pretrained_model, cfg.MODEL.get('PRETRAINED_ENCODER', None), logger)
 
     start_epoch, accumulated_iter, data_seed = 0, 0, None
     if args.resume is not None:
@@ -163,8 +163,8 @@ def main(argv=None):
     if tb_log is not None:
         tb_log.close()
 
-    if args.skip_eval:
-        return output_dir
+    if args.skip_eval or getattr(unwrap_model(model), 'skip_evaluation', False):
+        return output_dir  # pretraining models (GPICTURE) have no evaluation metric
     logger.info(f'**********************Start evaluation {cfg.EXP_GROUP_PATH}/{cfg.TAG}({args.extra_tag})'
                 '**********************')
     barrier()

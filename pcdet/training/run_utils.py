@@ -172,3 +172,8 @@ def load_data_to_device(batch_dict, device):
 def load_params_from_file(model, filename, logger, to_cpu=True, strict=False):
     from ..utils.checkpoint import load_params_from_file as impl
     return impl(model, filename, logger, to_cpu=to_cpu, strict=strict)
+
+
+def load_pretrained_model(model, filename, pretrained_cfg, logger):
+    from ..utils.checkpoint import load_pretrained_model as impl
+    return impl(model, filename, pretrained_cfg, logger)

@@ -237,6 +237,10 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
         set_epoch_order(train_loader, train_sampler, cur_epoch, data_seed)
         if hook_cfg and apply_disable_augmentation_hook(train_loader.dataset, hook_cfg, cur_epoch, total_epochs):
             logger.info(f'Epoch {cur_epoch}: DisableAugmentationHook active')
+        epoch_start_hook = getattr(unwrap_model(model), 'on_train_epoch_start', None)
+        if epoch_start_hook is not None:  # e.g. GPICTURE's per-epoch DGPL gate
+            epoch_start_hook(cur_epoch, dataset=train_loader.dataset, logger=logger,
+                             tb_log=tb_log if is_main else None, ckpt_dir=ckpt_save_dir)
         if dataloader_iter is None or not merge_all_iters_to_one_epoch:
             dataloader_iter = _iterator_skipping(train_loader, offset, logger)
             if offset:
@@ -362,6 +366,9 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
 
         trained_epoch = cur_epoch + 1
         result.last_epoch = trained_epoch
+        epoch_end_hook = getattr(unwrap_model(model), 'on_train_epoch_end', None)
+        if epoch_end_hook is not None:
+            epoch_end_hook(cur_epoch)
         if ckpt_save_dir is not None and (trained_epoch % max(ckpt_save_interval, 1) == 0
                                           or trained_epoch == total_epochs):
             per_rank_rng = gather_rng_states() if distributed else None  # collective: all ranks reach this point

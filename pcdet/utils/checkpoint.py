@@ -9,6 +9,10 @@ Layout (spec §1.10): `{'model_state': state_dict, 'optimizer_state': ..., 'epoc
   keys. Raises `CheckpointMismatchError` when `strict` and anything is missing / unexpected / mismatched, or when
   fewer than `min_matched_fraction` of the model's keys were loaded (another architecture, wrong file).
 * `load_params_with_optimizer(model, filename, to_cpu, optimizer, logger) -> (it, epoch)`: resume.
+* `load_pretrained_model(model, filename, pretrained_cfg, logger) -> LoadReport`: `--pretrained_model`: a partial
+  load (never `global_step`, spec Q6) with a per-prefix coverage report; with `MODEL.PRETRAINED_ENCODER`
+  ({PREFIXES: ['vfe.', 'backbone_3d.'], MIN_COVERAGE: 0.95}) it fails when fewer than MIN_COVERAGE of the model's
+  tensors under PREFIXES were loaded -- for fine-tune configs whose encoder is meant to match the pretrained one.
 
 The save side (`checkpoint_state`, `save_checkpoint`, resume with scheduler / scaler / RNG state) lives in
 `pcdet.training.checkpointing`; its files are a superset of this layout.
@@ -137,7 +141,7 @@ def _log(logger):
 
 
 def load_params_from_file(model, filename, logger=None, to_cpu=True, strict=False, pre_trained_path=None,
-                          min_matched_fraction=DEFAULT_MIN_MATCHED_FRACTION, weights_only=True):
+                          min_matched_fraction=DEFAULT_MIN_MATCHED_FRACTION, weights_only=True, exclude_keys=()):
     """Load `checkpoint['model_state']` into `model` and report what happened.
 
     Args:
@@ -148,6 +152,7 @@ def load_params_from_file(model, filename, logger=None, to_cpu=True, strict=Fals
         pre_trained_path: optional second checkpoint whose `model_state` entries override the first (upstream).
         min_matched_fraction: raise when fewer than this fraction of the model's state-dict keys are loaded
             (0 disables the check; a deliberate partial load, e.g. a pretrained backbone, may need a lower value).
+        exclude_keys: checkpoint keys never loaded (e.g. `global_step` of a pretraining run).
     Returns:
         LoadReport.
     Raises:
@@ -161,6 +166,8 @@ def load_params_from_file(model, filename, logger=None, to_cpu=True, strict=Fals
     if pre_trained_path is not None:
         pretrained = read_checkpoint(pre_trained_path, to_cpu=to_cpu, weights_only=weights_only)
         model_state_disk.update(_model_state_of(pretrained, pre_trained_path))
+    for key in exclude_keys:
+        model_state_disk.pop(key, None)
 
     version = checkpoint.get('version', None) if isinstance(checkpoint, dict) else None
     if version is not None:
@@ -233,3 +240,42 @@ def load_params_with_optimizer(model, filename, to_cpu=False, optimizer=None, lo
         logger.info('==> Checkpoint trained from version: %s', checkpoint['version'])
     logger.info('==> Done')
     return it, epoch
+
+
+def prefix_coverage(report, prefixes):
+    """{prefix: (loaded, total)} over the model keys starting with each prefix."""
+    loaded = set(report.loaded)
+    model_keys = set(report.loaded) | set(report.missing) | set(report.shape_mismatch)
+    coverage = {}
+    for prefix in prefixes:
+        keys = [key for key in model_keys if key.startswith(prefix)]
+        coverage[prefix] = (sum(key in loaded for key in keys), len(keys))
+    return coverage
+
+
+def load_pretrained_model(model, filename, pretrained_cfg=None, logger=None, to_cpu=True):
+    """`--pretrained_model`: load matching tensors (not `global_step`) and log a coverage report per top-level
+    prefix. `pretrained_cfg` = `MODEL.PRETRAINED_ENCODER` or None; with it, raise `CheckpointMismatchError` when the
+    loaded fraction of the tensors under its PREFIXES is below MIN_COVERAGE (default 0.95)."""
+    logger = _log(logger)
+    report = load_params_from_file(model, filename, logger, to_cpu=to_cpu, strict=False,
+                                   min_matched_fraction=0.0 if pretrained_cfg else DEFAULT_MIN_MATCHED_FRACTION,
+                                   exclude_keys=('global_step',))
+    all_prefixes = sorted({key.split('.')[0] + '.' for key in report.loaded + report.missing})
+    coverage = prefix_coverage(report, all_prefixes)
+    logger.info('Pretrained coverage (%s): %s', filename, ', '.join(
+        f'{prefix[:-1]} {loaded}/{total}' for prefix, (loaded, total) in coverage.items()))
+    if pretrained_cfg:
+        prefixes = list(pretrained_cfg.get('PREFIXES', ['vfe.', 'backbone_3d.']))
+        minimum = float(pretrained_cfg.get('MIN_COVERAGE', 0.95))
+        loaded, total = (sum(v) for v in zip(*prefix_coverage(report, prefixes).values()))
+        fraction = loaded / max(total, 1)
+        logger.info('Pretrained encoder coverage: %d/%d tensors under %s (%.1f%%, minimum %.0f%%)', loaded, total,
+                    prefixes, 100 * fraction, 100 * minimum)
+        if fraction < minimum:
+            missing = [key for key in report.missing + sorted(report.shape_mismatch) if key.startswith(tuple(prefixes))]
+            raise CheckpointMismatchError(
+                f'{filename}: only {loaded}/{total} ({fraction:.1%}) of the encoder tensors under {prefixes} were '
+                f'loaded, below MODEL.PRETRAINED_ENCODER.MIN_COVERAGE = {minimum}; the pretraining and fine-tune '
+                f'encoders differ' + _listing('missing or shape-mismatched keys', missing))
+    return report

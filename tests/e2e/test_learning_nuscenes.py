@@ -12,59 +12,28 @@ Budget: <= 8 minutes wall on 2 CPU cores (CI). The training/eval subprocesses us
 `run_tests.sh` the other xdist worker finishes the rest of the suite within the first minute. The dataset size and
 the schedule below are what fits; docs/RESULTS.md records the measured numbers. Deselect with `-m "not slow"`.
 """
-import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CFG_FILE = REPO_ROOT / 'tools' / 'cfgs' / 'nuscenes_models' / 'dsvt_tiny_synthetic.yaml'
-DATASET_CFG = REPO_ROOT / 'tools' / 'cfgs' / 'dataset_configs' / 'nuscenes_synthetic.yaml'
-VERSION = 'v1.0-mini'
+from e2e_tools import REPO_ROOT, devkit_metrics, make_synthetic_nuscenes, run_tool, tool_env
 
-# Dataset for this test (explicit: the session fixture's 3 frames per scene are too few to learn from).
-GENERATOR_ARGS = ['--num_scenes', '10', '--samples_per_scene', '10', '--azimuth_steps', '512', '--seed', '0']
+CFG_FILE = REPO_ROOT / 'tools' / 'cfgs' / 'nuscenes_models' / 'dsvt_tiny_synthetic.yaml'
+# Dataset: e2e_tools.SYNTHETIC_GENERATOR_ARGS (the session fixture's 3 frames per scene are too few to learn from).
 EPOCHS = 16
 TRAIN_THREADS = 2
 CAR_AP_BAR = 0.5
-
-
-def run_tool(args, env, log_path, timeout):
-    """Run one tool in a subprocess; its output goes to `log_path` (shown in the failure message)."""
-    start = time.monotonic()
-    with open(log_path, 'w') as log:
-        proc = subprocess.run([sys.executable, *map(str, args)], check=False, cwd=REPO_ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=timeout)
-    seconds = time.monotonic() - start
-    if proc.returncode != 0:
-        tail = Path(log_path).read_text(errors='replace')[-6000:]
-        pytest.fail(f'{" ".join(map(str, args[:3]))} ... exited with {proc.returncode} after {seconds:.0f} s; '
-                    f'log {log_path}:\n{tail}')
-    return seconds
 
 
 @pytest.mark.slow
 def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(tmp_path, record_property):
     data_path = tmp_path / 'data'
     output_root = tmp_path / 'output'
-    # PASSIVE: idle OpenMP threads sleep instead of spinning. It costs ~20 % on an idle machine but keeps a 2-thread
-    # run from slowing down up to ~8x when another process competes for the cores (measured, see docs/RESULTS.md).
-    env = dict(os.environ, OMP_NUM_THREADS=str(TRAIN_THREADS), MKL_NUM_THREADS=str(TRAIN_THREADS),
-               OMP_WAIT_POLICY='PASSIVE', PYTHONHASHSEED='0')
+    # PASSIVE OpenMP waits cost ~20 % on an idle machine but keep a 2-thread run from slowing down up to ~8x when
+    # another process competes for the cores (measured, see docs/RESULTS.md).
+    env = tool_env(TRAIN_THREADS)
     data_set = ['--set', 'DATA_CONFIG.DATA_PATH', str(data_path)]
     timings = {}
 
-    timings['generate'] = run_tool(
-        ['-m', 'pcdet.datasets.synthetic.nuscenes', '--root', data_path / VERSION, '--version', VERSION,
-         *GENERATOR_ARGS, '--quiet'], env, tmp_path / 'generate.log', timeout=300)
-    timings['infos'] = run_tool(
-        ['-m', 'pcdet.datasets.nuscenes.nuscenes_dataset', '--func', 'create_nuscenes_infos',
-         '--cfg_file', DATASET_CFG, '--version', VERSION, '--data_path', data_path],
-        env, tmp_path / 'infos.log', timeout=300)
+    make_synthetic_nuscenes(data_path, env, tmp_path, timings)
     timings['train'] = run_tool(
         [REPO_ROOT / 'tools' / 'train.py', '--cfg_file', CFG_FILE, '--extra_tag', 'ci', '--epochs', EPOCHS,
          '--workers', '0', '--fix_random_seed', '--skip_eval', '--use_tqdm_to_record', '--output_root', output_root,
@@ -77,13 +46,7 @@ def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(tmp_path, record_property):
         [REPO_ROOT / 'tools' / 'test.py', '--cfg_file', CFG_FILE, '--extra_tag', 'ci', '--ckpt', ckpt,
          '--workers', '0', '--output_root', output_root, *data_set], env, tmp_path / 'test.log', timeout=300)
 
-    # tools/test.py layout: eval/epoch_<N>/<DATA_SPLIT.test>/<eval_tag>/{result.pkl, final_result/data/}
-    eval_dirs = sorted((run_dir / 'eval' / f'epoch_{EPOCHS}').glob('*/default'))
-    assert len(eval_dirs) == 1, f'expected one evaluation folder of tools/test.py, found {eval_dirs}'
-    summary_file = eval_dirs[0] / 'final_result' / 'data' / 'metrics_summary.json'
-    assert summary_file.is_file(), f'tools/test.py wrote no devkit metrics ({summary_file})'
-    assert (eval_dirs[0] / 'result.pkl').is_file()
-    metrics = json.loads(summary_file.read_text())
+    metrics = devkit_metrics(run_dir, EPOCHS)
     car_ap, mean_ap, nds = metrics['mean_dist_aps']['car'], metrics['mean_ap'], metrics['nd_score']
     car_aps = metrics['label_aps']['car']
     report = (f'car AP {car_ap:.4f} (@0.5/1/2/4 m: {", ".join(f"{v:.3f}" for v in car_aps.values())}), '

@@ -67,7 +67,8 @@ GT_BOXES = torch.tensor([
 
 
 def test_registry_name():
-    assert dense_head_registry == {'CenterHead': CenterHead}
+    assert dense_head_registry['CenterHead'] is CenterHead
+    assert set(dense_head_registry) == {'CenterHead', 'GPicturePretrainHead'}
 
 
 def test_gaussian_radius_is_upstream_formula():

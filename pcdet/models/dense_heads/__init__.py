@@ -4,7 +4,9 @@ Constructor kwargs (spec §1.7): `model_cfg, input_channels, num_class, class_na
 predict_boxes_when_training, voxel_size`.
 """
 from .center_head import CenterHead
+from .gpicture_head import GPicturePretrainHead
 
 __all__ = {
     'CenterHead': CenterHead,
+    'GPicturePretrainHead': GPicturePretrainHead,
 }

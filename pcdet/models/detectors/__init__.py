@@ -5,10 +5,12 @@ Every detector takes `(model_cfg, num_class, dataset)` where `dataset` is a data
 """
 from .centerpoint import CenterPoint
 from .detector3d_template import Detector3DTemplate, ModelGeometry
+from .gpicture import GPICTURE
 
 __all__ = {
     'Detector3DTemplate': Detector3DTemplate,
     'CenterPoint': CenterPoint,
+    'GPICTURE': GPICTURE,
 }
 
 

@@ -176,11 +176,15 @@ class DSVTBlock(nn.Module):
             DSVT_EncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, batch_first) for _ in range(2)])
 
     def forward(self, src, set_voxel_inds_list, set_voxel_masks_list, pos_embed_list, block_id,
-                set_voxel_first_list=None):
+                set_voxel_first_list=None, layer_outputs=None):
+        """`layer_outputs`: an optional list that receives each encoder layer's output (N, C) in order (the
+        `block_layer_i` activations CKA is computed on)."""
         shift_id = block_id % 2
         output = src
         for i, layer in enumerate(self.encoder_list):
             first = None if set_voxel_first_list is None else set_voxel_first_list[shift_id][i]
             output = layer(output, set_voxel_inds_list[shift_id][i], set_voxel_masks_list[shift_id][i],
                            pos_embed_list[i], set_voxel_first=first)
+            if layer_outputs is not None:
+                layer_outputs.append(output)
         return output

@@ -75,9 +75,14 @@ class DSVT(nn.Module):
         grid_size (nx, ny, nz), voxel_size, point_cloud_range: the stage-0 sparse shape is derived from them.
 
     forward(batch_dict):
-        reads  voxel_features (N, d_model[0]), voxel_coords (N, 4) [b, z, y, x]
+        reads  voxel_features (N, d_model[0]), voxel_coords (N, 4) [b, z, y, x], optional record_encoder_layers
+               (bool, default False)
         writes voxel_features = pillar_features (N_last, d_model[-1]), voxel_coords (N_last, 4) long [b, z, y, x] of
-               the last stage, voxel_grid_shape (nx, ny, nz) of the last stage's grid (checked by the BEV scatter).
+               the last stage, voxel_grid_shape (nx, ny, nz) of the last stage's grid (checked by the BEV scatter),
+               dsvt_pooling_maps: list (stage_num - 1) of (N_s,) long, the stage-(s+1) voxel of every stage-s voxel
+               (compose them to map a stage-0 voxel to its last-stage token);
+               with record_encoder_layers: encoder_layer_features, a list over the 2 * (number of blocks) encoder
+               layers of (stage index, (N_stage, C) output of that layer) -- the activations CKA compares.
 
     Attributes: num_point_features (= conv_out_channel = d_model[-1]), sparse_shape_list, output_shape [X, Y],
         output_sparse_shape (X, Y, Z), compat (dict of COMPAT switches).
@@ -160,6 +165,8 @@ class DSVT(nn.Module):
     def forward(self, batch_dict):
         voxel_info = self.input_layer(batch_dict)
         output = voxel_info['voxel_feats_stage0']
+        record = bool(batch_dict.get('record_encoder_layers', False))
+        layer_features = []
         block_id = 0
         for s in range(self.stage_num):
             shifts = range(self.num_shifts[s])
@@ -170,11 +177,14 @@ class DSVT(nn.Module):
             residual_norms = self.__getattr__(f'residual_norm_stage_{s}')
             for b, block in enumerate(blocks):
                 pos_embeds = [voxel_info[f'pos_embed_stage{s}_block{b}_shift{i}'] for i in shifts]
-                if self.use_torch_ckpt and torch.is_grad_enabled():
+                layer_outputs = [] if record else None
+                if self.use_torch_ckpt and torch.is_grad_enabled() and not record:
                     out = checkpoint(block, output, set_inds, set_masks, pos_embeds, block_id, set_first,
                                      use_reentrant=False)
                 else:
-                    out = block(output, set_inds, set_masks, pos_embeds, block_id, set_first)
+                    out = block(output, set_inds, set_masks, pos_embeds, block_id, set_first, layer_outputs)
+                if record:
+                    layer_features += [(s, feats) for feats in layer_outputs]
                 output = residual_norms[b](out + output)
                 block_id += 1
             if s < self.stage_num - 1:
@@ -183,6 +193,10 @@ class DSVT(nn.Module):
         batch_dict['pillar_features'] = batch_dict['voxel_features'] = output
         batch_dict['voxel_coords'] = voxel_info[f'voxel_coors_stage{self.stage_num - 1}']
         batch_dict['voxel_grid_shape'] = self.output_sparse_shape
+        batch_dict['dsvt_pooling_maps'] = [voxel_info[f'pooling_mapping_index_stage{s}']
+                                           for s in range(1, self.stage_num)]
+        if record:
+            batch_dict['encoder_layer_features'] = layer_features
         return batch_dict
 
     def _reduce(self, voxel_info, output, stage_id):

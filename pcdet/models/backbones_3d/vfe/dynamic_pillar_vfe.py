@@ -93,7 +93,9 @@ class _DynamicVFE(VFETemplate):
 
         Writes `voxel_features` = `pillar_features` (V, NUM_FILTERS[-1]) (the same tensor) and `voxel_coords`
         (V, 4) int64 [b, z, y, x] (z = 0 for pillars), voxels sorted by (b, z, y, x). Points outside the grid on
-        the voxelised axes are dropped (the pillar VFE does not look at z, as upstream).
+        the voxelised axes are dropped (the pillar VFE does not look at z, as upstream); `point_in_grid_mask (P,)`
+        bool says which rows of `points` were kept and `point_voxel_index (P_kept,)` long is the voxel of each kept
+        point (the point -> voxel map that per-point targets, e.g. GPICTURE teacher features, are reduced with).
         """
         points = batch_dict['points']
         if points.shape[1] != self.num_raw_point_features + 1:
@@ -133,6 +135,8 @@ class _DynamicVFE(VFETemplate):
                                     (unq_keys // nx) % ny, unq_keys % nx), dim=1)
         batch_dict['pillar_features'] = batch_dict['voxel_features'] = features
         batch_dict['voxel_coords'] = voxel_coords
+        batch_dict['point_in_grid_mask'] = in_range
+        batch_dict['point_voxel_index'] = unq_inv
         return batch_dict
 
 

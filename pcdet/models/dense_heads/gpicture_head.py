@@ -1,0 +1,167 @@
+"""GPICTURE pretraining head (spec §2.7-§2.9): per stage-0 voxel, 16 predicted points (chamfer against up to 64 real
+points of the voxel, relative to the voxel centre) and a 64-d teacher feature (SmoothL1), both on masked voxels.
+
+Loss (spec §2.7 / §2.10 step 9): `L = α · L_pts + (1 − α) · β · L_seal` where
+* α comes from the CKA constants `CKA_ALPHA` (upstream spelling `CKA_ALHPA` accepted): default mode (D4 a) uses one
+  head on the decoder output and `α = CKA_ALPHA[LAYER_INDEX]` (default: the last entry, 0.31 for the released list);
+  `HIERARCHICAL: True` (D4 b) has one point head and one teacher head per encoder layer l, each on the shared decoder
+  run from layer l, and averages `α_l L_pts^l + (1 − α_l) β L_seal^l` over the layers;
+* β is the differential-gated progressive weight (spec §2.9), held in the persistent buffer `dgpl_beta` (so a resumed
+  run continues with the β of its epoch) and set once per epoch by `GPICTURE.on_train_epoch_start`;
+  `DGPL.FIXED_BETA` pins it for ablations.
+
+Config (`MODEL.DENSE_HEAD`): NUM_PRD_POINTS 16, NUM_GT_POINTS 64, NUM_SEAL_FEATURES 64, CKA_ALPHA, LAYER_INDEX -1,
+HIERARCHICAL False, SEAL_LOSS_BETA 1.0 (SmoothL1 β), NORMALIZE_POINT_TARGETS False, DGPL {ENABLED True, GAMMA 10,
+DELTA 0.2, NUM_FRAMES 4, SEED 0, LAYERS [0, 1, 2, 3], FIXED_BETA null}.
+
+NORMALIZE_POINT_TARGETS: the released code regresses point offsets in metres, which ties the size of L_pts (and so
+the meaning of α) to the voxel size: with upstream's 0.32 x 0.32 x 0.1875 m voxels L_pts is ~1e-2, with 8 m tall
+pillars ~1, a hundred times the teacher loss. True expresses offsets in voxel units (each axis in [-0.5, 0.5]) so the
+α / (1 - α) balance means the same on every grid (docs/GPICTURE.md).
+
+Parameters: `decoder_pred` Linear(C, 3·NUM_PRD_POINTS), `decoder_seal` Linear(C, NUM_SEAL_FEATURES) (upstream names);
+hierarchical: `decoder_pred_layers.<l>`, `decoder_seal_layers.<l>`.
+
+forward(batch_dict):
+    reads  mae_decoder_features (N0, C) (or mae_decoder_features_per_layer), mae_voxel_coords (N0, 4), mae_mask (N0,),
+           mae_teacher_targets (N0, F), mae_teacher_valid (N0,), mae_mask_ratio (B,), points (P, 1 + C_pt),
+           point_in_grid_mask (P,), point_voxel_index (P_kept,)
+    writes nothing; keeps the predictions and targets for `get_loss()`.
+get_loss() -> (loss, tb_dict {loss_points, loss_seal, loss_rpn, dgpl_beta, mask_ratio, num_masked})
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..pretraining.chamfer import masked_chamfer_distance
+from ..pretraining.point_groups import group_points_per_voxel
+
+DGPL_DEFAULTS = {'ENABLED': True, 'GAMMA': 10.0, 'DELTA': 0.2, 'NUM_FRAMES': 4, 'SEED': 0, 'LAYERS': [0, 1, 2, 3],
+                 'FIXED_BETA': None}
+
+
+def resolve_dgpl_config(model_cfg):
+    """`DENSE_HEAD.DGPL` merged over `DGPL_DEFAULTS`; unknown keys are an error naming them."""
+    given = dict(model_cfg.get('DGPL', None) or {})
+    unknown = sorted(set(given) - set(DGPL_DEFAULTS))
+    if unknown:
+        raise ValueError(f'DENSE_HEAD.DGPL: unknown key(s) {unknown}; known: {sorted(DGPL_DEFAULTS)}')
+    return {**DGPL_DEFAULTS, **given}
+
+
+def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
+    """Metric centres (N, 3) [x, y, z] of voxels with coords (N, 4) [b, z, y, x]."""
+    xyz_index = voxel_coords[:, [3, 2, 1]].to(voxel_size.dtype)
+    return (xyz_index + 0.5) * voxel_size + point_cloud_range[:3]
+
+
+class GPicturePretrainHead(nn.Module):
+    def __init__(self, model_cfg, input_channels, voxel_size, point_cloud_range, num_encoder_layers=None, **kwargs):
+        super().__init__()
+        self.model_cfg = model_cfg
+        self.num_pred_points = int(model_cfg.get('NUM_PRD_POINTS', 16))
+        self.num_gt_points = int(model_cfg.get('NUM_GT_POINTS', 64))
+        self.num_seal_features = int(model_cfg.get('NUM_SEAL_FEATURES', 64))
+        self.seal_loss_beta = float(model_cfg.get('SEAL_LOSS_BETA', 1.0))
+        self.normalize_point_targets = bool(model_cfg.get('NORMALIZE_POINT_TARGETS', False))
+        self.hierarchical = bool(model_cfg.get('HIERARCHICAL', False))
+        alphas = model_cfg.get('CKA_ALPHA', model_cfg.get('CKA_ALHPA', None))
+        if not alphas:
+            raise KeyError('DENSE_HEAD.CKA_ALPHA (per-encoder-layer CKA weights, e.g. [0.97, 0.88, 0.78, 0.64, 0.55, '
+                           '0.44, 0.36, 0.31]) is required')
+        self.cka_alpha = [float(a) for a in alphas]
+        if any(not 0.0 <= a <= 1.0 for a in self.cka_alpha):
+            raise ValueError(f'DENSE_HEAD.CKA_ALPHA values must lie in [0, 1], got {self.cka_alpha}')
+        self.dgpl_cfg = resolve_dgpl_config(model_cfg)
+        self.register_buffer('voxel_size', torch.tensor([float(v) for v in voxel_size]), persistent=False)
+        self.register_buffer('point_cloud_range', torch.tensor([float(v) for v in point_cloud_range]),
+                             persistent=False)
+        fixed = self.dgpl_cfg['FIXED_BETA']
+        self.register_buffer('dgpl_beta', torch.tensor(float(fixed) if fixed is not None else 0.0))
+
+        if self.hierarchical:
+            if num_encoder_layers is None or len(self.cka_alpha) < num_encoder_layers:
+                raise ValueError(f'DENSE_HEAD.HIERARCHICAL needs one CKA_ALPHA per encoder layer: the encoder has '
+                                 f'{num_encoder_layers} layers, CKA_ALPHA has {len(self.cka_alpha)} entries')
+            self.layer_alphas = self.cka_alpha[:num_encoder_layers]
+            self.decoder_pred_layers = nn.ModuleList(
+                [nn.Linear(input_channels, 3 * self.num_pred_points) for _ in self.layer_alphas])
+            self.decoder_seal_layers = nn.ModuleList(
+                [nn.Linear(input_channels, self.num_seal_features) for _ in self.layer_alphas])
+        else:
+            layer_index = int(model_cfg.get('LAYER_INDEX', -1))
+            if not -len(self.cka_alpha) <= layer_index < len(self.cka_alpha):
+                raise ValueError(f'DENSE_HEAD.LAYER_INDEX {layer_index} is outside CKA_ALPHA ({len(self.cka_alpha)} '
+                                 'entries)')
+            self.layer_alphas = [self.cka_alpha[layer_index]]
+            self.decoder_pred = nn.Linear(input_channels, 3 * self.num_pred_points)
+            self.decoder_seal = nn.Linear(input_channels, self.num_seal_features)
+        self.forward_ret_dict = {}
+
+    def set_beta(self, beta):
+        """Set β for the coming epoch (ignored when DGPL.FIXED_BETA pins it)."""
+        if self.dgpl_cfg['FIXED_BETA'] is None:
+            self.dgpl_beta.fill_(float(beta))
+
+    def point_targets(self, batch_dict):
+        """(N0, NUM_GT_POINTS, 3) real points of every voxel relative to its centre (metres, or voxel units with
+        NORMALIZE_POINT_TARGETS), cyclically padded."""
+        points = batch_dict['points'][batch_dict['point_in_grid_mask']]
+        point_voxel = batch_dict['point_voxel_index']
+        coords = batch_dict['mae_voxel_coords']
+        voxel_size = self.voxel_size.to(points.dtype)
+        centers = voxel_centers(coords, voxel_size, self.point_cloud_range.to(points.dtype))
+        relative = points[:, 1:4] - centers[point_voxel]
+        if self.normalize_point_targets:
+            relative = relative / voxel_size
+        grouped, _ = group_points_per_voxel(relative, point_voxel, coords.shape[0], self.num_gt_points)
+        return grouped
+
+    def forward(self, batch_dict):
+        if self.hierarchical:
+            features = batch_dict['mae_decoder_features_per_layer']
+            pred_heads, seal_heads = self.decoder_pred_layers, self.decoder_seal_layers
+            if len(features) != len(pred_heads):
+                raise ValueError(f'hierarchical head has {len(pred_heads)} layer heads but the decoder produced '
+                                 f'{len(features)} layer outputs')
+        else:
+            features = [batch_dict['mae_decoder_features']]
+            pred_heads, seal_heads = [self.decoder_pred], [self.decoder_seal]
+        if self.training:
+            self.forward_ret_dict = {
+                'pred_points': [head(f).view(f.shape[0], self.num_pred_points, 3) for head, f in zip(pred_heads,
+                                                                                                     features)],
+                'pred_seal': [head(f) for head, f in zip(seal_heads, features)],
+                'gt_points': self.point_targets(batch_dict),
+                'mask': batch_dict['mae_mask'],
+                'teacher_targets': batch_dict['mae_teacher_targets'],
+                'teacher_valid': batch_dict['mae_teacher_valid'],
+                'mask_ratio': batch_dict['mae_mask_ratio'],
+            }
+        return batch_dict
+
+    def get_loss(self):
+        ret = self.forward_ret_dict
+        mask = ret['mask']
+        weights = mask.float()
+        seal_rows = torch.nonzero(mask & ret['teacher_valid']).flatten()
+        beta = self.dgpl_beta
+        total = 0.0
+        loss_points_sum, loss_seal_sum = 0.0, 0.0
+        for alpha, pred_points, pred_seal in zip(self.layer_alphas, ret['pred_points'], ret['pred_seal']):
+            loss_points = masked_chamfer_distance(pred_points.float(), ret['gt_points'], weights)
+            if seal_rows.numel():
+                loss_seal = F.smooth_l1_loss(pred_seal.float()[seal_rows], ret['teacher_targets'][seal_rows],
+                                             beta=self.seal_loss_beta)
+            else:
+                loss_seal = pred_seal.sum() * 0.0
+            total = total + alpha * loss_points + (1.0 - alpha) * beta * loss_seal
+            loss_points_sum = loss_points_sum + loss_points.detach()
+            loss_seal_sum = loss_seal_sum + loss_seal.detach()
+        num_heads = len(self.layer_alphas)
+        loss = total / num_heads
+        tb_dict = {'loss_points': loss_points_sum / num_heads, 'loss_seal': loss_seal_sum / num_heads,
+                   'loss_rpn': loss.detach(), 'dgpl_beta': beta.detach().clone(),
+                   'mask_ratio': ret['mask_ratio'].float().mean().detach(),
+                   'num_masked': weights.sum().detach()}
+        return loss, tb_dict

@@ -1,0 +1,90 @@
+"""GPICTURE: mutual-information-driven masked pretraining of a DSVT encoder (spec §2).
+
+Modules in order: `vfe` (dynamic pillar/voxel VFE) -> `backbone_3d` (`DSVT_MAE`: teacher targets, I²Mask, DSVT on
+visible voxels) -> `backbone_2d` (`GPictureDecoder`: mask tokens + DSVT decoder on all stage-0 voxels) ->
+`dense_head` (`GPicturePretrainHead`: chamfer + teacher regression, CKA α, DGPL β). State-dict prefixes are
+upstream's (`vfe.`, `backbone_3d.`, `backbone_2d.` incl. `mask_token`, `dense_head.`), and `backbone_3d.*` keeps
+DSVT's names, so `--pretrained_model` on a DSVT detector loads the encoder directly.
+
+Training returns `({'loss'}, tb_dict, disp_dict)` like every detector. There is no evaluation metric
+(`skip_evaluation = True`: train.py skips the post-training evaluation, test.py refuses the config); in eval mode
+`forward` runs the encoder without masking and returns empty predictions.
+
+Epoch hooks called by the training loop: `on_train_epoch_start(epoch, dataset, ...)` sets β for the epoch (spec §2.9)
+and logs `dgpl/beta`, `dgpl/c_r`; `on_train_epoch_end(epoch)` snapshots the encoder.
+"""
+from .detector3d_template import Detector3DTemplate
+
+# The decoder / head / gate modules are imported when a GPICTURE model is built: importing the detector registry
+# must not pull in the backbone packages (tests/models/test_detector_builder.py).
+
+
+class GPICTURE(Detector3DTemplate):
+    skip_evaluation = True
+
+    def __init__(self, model_cfg, num_class, dataset):
+        super().__init__(model_cfg=model_cfg, num_class=num_class, dataset=dataset)
+        for key in ('VFE', 'BACKBONE_3D', 'BACKBONE_2D', 'DENSE_HEAD'):
+            if model_cfg.get(key, None) is None:
+                raise KeyError(f'MODEL.{key} is required for GPICTURE')
+        self.module_list = self.build_networks()
+        from ..pretraining.progressive import DifferentialGate
+        self.gate = DifferentialGate(self.dense_head.dgpl_cfg)
+
+    def build_backbone_2d(self, model_info_dict):
+        from ..backbones_2d.gpicture_decoder import GPictureDecoder
+        decoder = GPictureDecoder(
+            model_cfg=self.model_cfg.BACKBONE_2D, input_channels=model_info_dict['num_point_features'],
+            grid_size=model_info_dict['grid_size'], voxel_size=model_info_dict['voxel_size'],
+            point_cloud_range=model_info_dict['point_cloud_range'])
+        model_info_dict['module_list'].append(decoder)
+        model_info_dict['num_bev_features'] = decoder.num_bev_features
+        return decoder, model_info_dict
+
+    def build_dense_head(self, model_info_dict):
+        from ..dense_heads.gpicture_head import GPicturePretrainHead
+        num_layers = 2 * sum(int(info[1]) for info in self.backbone_3d.set_info)
+        head = GPicturePretrainHead(
+            model_cfg=self.model_cfg.DENSE_HEAD, input_channels=model_info_dict['num_bev_features'],
+            voxel_size=model_info_dict['voxel_size'], point_cloud_range=model_info_dict['point_cloud_range'],
+            num_encoder_layers=num_layers)
+        model_info_dict['module_list'].append(head)
+        return head, model_info_dict
+
+    def forward(self, batch_dict):
+        if not self.training:
+            batch_dict = self.backbone_3d(self.vfe(batch_dict))
+            return [{} for _ in range(int(batch_dict['batch_size']))], {}
+        hierarchical = self.dense_head.hierarchical
+        batch_dict['record_encoder_layers'] = hierarchical
+        batch_dict['mae_hierarchical'] = hierarchical
+        for cur_module in self.module_list:
+            batch_dict = cur_module(batch_dict)
+        loss, tb_dict = self.dense_head.get_loss()
+        return {'loss': loss}, tb_dict, {}
+
+    # ---- epoch hooks (called by pcdet.training.train_loop.train_model) ----------------------------------------
+    def on_train_epoch_start(self, epoch, dataset, logger=None, tb_log=None, ckpt_dir=None):
+        dgpl_cfg = self.dense_head.dgpl_cfg
+        if dgpl_cfg['FIXED_BETA'] is not None or not dgpl_cfg['ENABLED']:
+            if not dgpl_cfg['ENABLED'] and dgpl_cfg['FIXED_BETA'] is None:
+                self.dense_head.set_beta(1.0)  # DGPL off: the teacher loss is always on
+            beta, c_r = float(self.dense_head.dgpl_beta), None
+        else:
+            device = self.dense_head.dgpl_beta.device
+            beta, c_r = self.gate.beta_for_epoch(self, epoch, dataset, device, ckpt_dir, logger)
+            if beta is not None:
+                self.dense_head.set_beta(beta)
+            beta = float(self.dense_head.dgpl_beta)
+        if logger is not None:
+            logger.info(f'DGPL epoch {epoch}: beta = {beta:.4f}' + (f' (c_r = {c_r:.4f})' if c_r is not None else ''))
+        if tb_log is not None:
+            tb_log.add_scalar('dgpl/beta', beta, epoch)
+            if c_r is not None:
+                tb_log.add_scalar('dgpl/c_r', c_r, epoch)
+        return beta, c_r
+
+    def on_train_epoch_end(self, epoch):
+        dgpl_cfg = self.dense_head.dgpl_cfg
+        if dgpl_cfg['ENABLED'] and dgpl_cfg['FIXED_BETA'] is None:
+            self.gate.record(self, epoch)

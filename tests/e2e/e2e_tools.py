@@ -1,0 +1,62 @@
+"""Helpers shared by the end-to-end tests: run a real tool in a subprocess, read the devkit's metrics."""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def tool_env(threads):
+    """Subprocess environment: `threads` torch threads, PASSIVE OpenMP waits (idle threads sleep instead of spinning,
+    which keeps a multi-thread run from slowing down several-fold when another process competes for the cores)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), OMP_WAIT_POLICY='PASSIVE',
+                PYTHONHASHSEED='0')
+
+
+def run_tool(args, env, log_path, timeout):
+    """Run one tool in a subprocess; its output goes to `log_path` (shown in the failure message). -> seconds."""
+    start = time.monotonic()
+    with open(log_path, 'w') as log:
+        proc = subprocess.run([sys.executable, *map(str, args)], check=False, cwd=REPO_ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, timeout=timeout)
+    seconds = time.monotonic() - start
+    if proc.returncode != 0:
+        tail = Path(log_path).read_text(errors='replace')[-6000:]
+        pytest.fail(f'{" ".join(map(str, args[:3]))} ... exited with {proc.returncode} after {seconds:.0f} s; '
+                    f'log {log_path}:\n{tail}')
+    return seconds
+
+
+SYNTHETIC_VERSION = 'v1.0-mini'
+SYNTHETIC_DATASET_CFG = REPO_ROOT / 'tools' / 'cfgs' / 'dataset_configs' / 'nuscenes_synthetic.yaml'
+# 10 official mini scenes x 10 key frames (80 train / 20 mini_val), 512 azimuth steps: ~15 s to generate.
+SYNTHETIC_GENERATOR_ARGS = ['--num_scenes', '10', '--samples_per_scene', '10', '--azimuth_steps', '512',
+                            '--seed', '0']
+
+
+def make_synthetic_nuscenes(data_path, env, log_dir, timings):
+    """Generate the synthetic v1.0-mini set under `data_path` and build its infos + GT database with the real tools;
+    their seconds go into `timings` ('generate', 'infos')."""
+    timings['generate'] = run_tool(
+        ['-m', 'pcdet.datasets.synthetic.nuscenes', '--root', Path(data_path) / SYNTHETIC_VERSION, '--version',
+         SYNTHETIC_VERSION, *SYNTHETIC_GENERATOR_ARGS, '--quiet'], env, Path(log_dir) / 'generate.log', timeout=300)
+    timings['infos'] = run_tool(
+        ['-m', 'pcdet.datasets.nuscenes.nuscenes_dataset', '--func', 'create_nuscenes_infos',
+         '--cfg_file', SYNTHETIC_DATASET_CFG, '--version', SYNTHETIC_VERSION, '--data_path', data_path],
+        env, Path(log_dir) / 'infos.log', timeout=300)
+
+
+def devkit_metrics(run_dir, epoch):
+    """`metrics_summary.json` that tools/test.py wrote for checkpoint `epoch` under `run_dir`
+    (layout eval/epoch_<N>/<DATA_SPLIT.test>/<eval_tag>/final_result/data/)."""
+    eval_dirs = sorted((Path(run_dir) / 'eval' / f'epoch_{epoch}').glob('*/default'))
+    assert len(eval_dirs) == 1, f'expected one evaluation folder of tools/test.py, found {eval_dirs}'
+    summary_file = eval_dirs[0] / 'final_result' / 'data' / 'metrics_summary.json'
+    assert summary_file.is_file(), f'tools/test.py wrote no devkit metrics ({summary_file})'
+    assert (eval_dirs[0] / 'result.pkl').is_file()
+    return json.loads(summary_file.read_text())

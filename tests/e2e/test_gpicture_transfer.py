@@ -1,0 +1,106 @@
+"""GPICTURE pretraining transfers: fine-tuning on 10% of the labels from the pretrained encoder beats (or ties)
+training the same detector from scratch, by the official nuScenes metrics.
+
+The whole user path runs through the real tools, each in its own process (nothing mocked):
+  1. `python -m pcdet.datasets.synthetic.nuscenes`          synthetic v1.0-mini dataset (10 scenes x 10 key frames)
+  2. `python -m pcdet.datasets.nuscenes.nuscenes_dataset`   infos (nuscenes-devkit)
+  3. `tools/prepare_seal_features.py`                       per-point `synthetic_semantic` teacher features
+  4. `tools/train.py` gpicture_tiny_synthetic_pretrain.yaml  GPICTURE pretraining on all 80 train frames, no labels
+  5. `tools/train.py` gpicture_tiny_synthetic_finetune.yaml  twice, same seed and schedule, on every 10th train frame
+     (8 frames): (a) `--pretrained_model` = the pretraining checkpoint, (b) from scratch
+  6. `tools/test.py` for both                                 official devkit `DetectionEval` on mini_val
+and asserts mAP(a) >= mAP(b) and NDS(a) >= NDS(b). Numbers of the full-size comparison: docs/GPICTURE.md.
+
+Budget: about 8-10 minutes wall on 2 CPU cores (CI), one torch thread per tool so the two fine-tunes can run at
+the same time. Deselect with `-m "not slow"`.
+"""
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from e2e_tools import REPO_ROOT, devkit_metrics, make_synthetic_nuscenes, run_tool, tool_env
+
+CFG_DIR = REPO_ROOT / 'tools' / 'cfgs' / 'gpicture_models'
+PRETRAIN_CFG = CFG_DIR / 'gpicture_tiny_synthetic_pretrain.yaml'
+FINETUNE_CFG = CFG_DIR / 'gpicture_tiny_synthetic_finetune.yaml'
+PRETRAIN_EPOCHS = 16
+FINETUNE_EPOCHS = 60
+THREADS = 1
+
+
+def train_args(cfg_file, tag, epochs, output_root, data_set, extra=()):
+    return [REPO_ROOT / 'tools' / 'train.py', '--cfg_file', cfg_file, '--extra_tag', tag, '--epochs', epochs,
+            '--workers', '0', '--fix_random_seed', '--skip_eval', '--use_tqdm_to_record', '--output_root',
+            output_root, *extra, *data_set]
+
+
+def run_in_parallel(jobs, env, timeout):
+    """Start every (args, log_path) job at once, wait for all; fail naming the first job that failed. -> seconds."""
+    start = time.monotonic()
+    procs = []
+    for args, log_path in jobs:
+        log = open(log_path, 'w')
+        procs.append((subprocess.Popen([sys.executable, *map(str, args)], cwd=REPO_ROOT, env=env, stdout=log,
+                                       stderr=subprocess.STDOUT), log, log_path))
+    for proc, log, log_path in procs:
+        try:
+            code = proc.wait(timeout=max(timeout - (time.monotonic() - start), 1))
+        finally:
+            log.close()
+        if code != 0:
+            for other, _, _ in procs:
+                other.kill()
+            pytest.fail(f'{log_path.name}: exited with {code}; log tail:\n{log_path.read_text(errors="replace")[-6000:]}')
+    return time.monotonic() - start
+
+
+@pytest.mark.slow
+def test_gpicture_pretraining_helps_with_ten_percent_of_the_labels(tmp_path, record_property):
+    data_path = tmp_path / 'data'
+    output_root = tmp_path / 'output'
+    env = tool_env(THREADS)
+    data_set = ['--set', 'DATA_CONFIG.DATA_PATH', str(data_path)]
+    timings = {}
+
+    make_synthetic_nuscenes(data_path, env, tmp_path, timings)
+    timings['teacher'] = run_tool(
+        [REPO_ROOT / 'tools' / 'prepare_seal_features.py', '--cfg_file', PRETRAIN_CFG, '--split', 'train',
+         '--quiet', *data_set], env, tmp_path / 'teacher.log', timeout=300)
+    timings['pretrain'] = run_tool(train_args(PRETRAIN_CFG, 'ci', PRETRAIN_EPOCHS, output_root, data_set), env,
+                                   tmp_path / 'pretrain.log', timeout=1200)
+    pretrained = (output_root / 'gpicture_models' / PRETRAIN_CFG.stem / 'ci' / 'ckpt'
+                  / f'checkpoint_epoch_{PRETRAIN_EPOCHS}.pth')
+    assert pretrained.is_file(), f'pretraining did not write {pretrained}'
+    pretrain_log = (tmp_path / 'pretrain.log').read_text(errors='replace')
+    assert 'DGPL epoch 2: beta' in pretrain_log  # the gate ran on encoder snapshots
+
+    arms = {'pretrained': ['--pretrained_model', pretrained], 'scratch': []}
+    timings['finetune'] = run_in_parallel(
+        [(train_args(FINETUNE_CFG, arm, FINETUNE_EPOCHS, output_root, data_set, extra), tmp_path / f'ft_{arm}.log')
+         for arm, extra in arms.items()], env, timeout=1500)
+    finetune_log = (tmp_path / 'ft_pretrained.log').read_text(errors='replace')
+    assert re.search(r'Pretrained encoder coverage: (\d+)/\1 tensors', finetune_log), 'the encoder did not fully load'
+
+    metrics = {}
+    for arm in arms:
+        run_dir = output_root / 'gpicture_models' / FINETUNE_CFG.stem / arm
+        ckpt = run_dir / 'ckpt' / f'checkpoint_epoch_{FINETUNE_EPOCHS}.pth'
+        timings[f'test_{arm}'] = run_tool(
+            [REPO_ROOT / 'tools' / 'test.py', '--cfg_file', FINETUNE_CFG, '--extra_tag', arm, '--ckpt', ckpt,
+             '--workers', '0', '--output_root', output_root, *data_set], env, tmp_path / f'test_{arm}.log',
+            timeout=300)
+        metrics[arm] = devkit_metrics(run_dir, FINETUNE_EPOCHS)
+
+    report = '; '.join(f'{arm}: mAP {m["mean_ap"]:.4f}, NDS {m["nd_score"]:.4f}, car AP '
+                       f'{m["mean_dist_aps"]["car"]:.4f}' for arm, m in metrics.items())
+    report += '; seconds: ' + ', '.join(f'{k} {v:.0f}' for k, v in timings.items())
+    print(report)
+    for arm, m in metrics.items():
+        record_property(f'{arm}_mAP', round(float(m['mean_ap']), 4))
+        record_property(f'{arm}_NDS', round(float(m['nd_score']), 4))
+    pre, scratch = metrics['pretrained'], metrics['scratch']
+    assert pre['mean_ap'] >= scratch['mean_ap'] and pre['nd_score'] >= scratch['nd_score'], \
+        f'the pretrained encoder did not help: {report}'
