@@ -39,15 +39,16 @@ SYNTHETIC_GENERATOR_ARGS = ['--num_scenes', '10', '--samples_per_scene', '10', '
                             '--seed', '0']
 
 
-def make_synthetic_nuscenes(data_path, env, log_dir, timings):
-    """Generate the synthetic v1.0-mini set under `data_path` and build its infos + GT database with the real tools;
-    their seconds go into `timings` ('generate', 'infos')."""
+def make_synthetic_nuscenes(data_path, env, log_dir, timings, version=SYNTHETIC_VERSION,
+                            generator_args=SYNTHETIC_GENERATOR_ARGS):
+    """Generate a synthetic nuScenes-format set (default: v1.0-mini, SYNTHETIC_GENERATOR_ARGS) under `data_path` and
+    build its infos + GT database with the real tools; their seconds go into `timings` ('generate', 'infos')."""
     timings['generate'] = run_tool(
-        ['-m', 'pcdet.datasets.synthetic.nuscenes', '--root', Path(data_path) / SYNTHETIC_VERSION, '--version',
-         SYNTHETIC_VERSION, *SYNTHETIC_GENERATOR_ARGS, '--quiet'], env, Path(log_dir) / 'generate.log', timeout=300)
+        ['-m', 'pcdet.datasets.synthetic.nuscenes', '--root', Path(data_path) / version, '--version', version,
+         *generator_args, '--quiet'], env, Path(log_dir) / 'generate.log', timeout=300)
     timings['infos'] = run_tool(
         ['-m', 'pcdet.datasets.nuscenes.nuscenes_dataset', '--func', 'create_nuscenes_infos',
-         '--cfg_file', SYNTHETIC_DATASET_CFG, '--version', SYNTHETIC_VERSION, '--data_path', data_path],
+         '--cfg_file', SYNTHETIC_DATASET_CFG, '--version', version, '--data_path', data_path],
         env, Path(log_dir) / 'infos.log', timeout=300)
 
 

@@ -127,12 +127,14 @@ def _kmeans_pp_init(features, num_clusters, generator):
     return features[torch.stack(chosen)].clone()
 
 
-def kmeans(features, num_clusters, num_iters=20, generator=None):
+def kmeans(features, num_clusters, num_iters=20, generator=None, sync_free=None):
     """k-means (k-means++ init drawn with `generator`, then up to `num_iters` Lloyd iterations).
 
     Args:
         features: (N, D) float, N >= num_clusters >= 1 (the caller guarantees it).
-        num_clusters: K. num_iters: maximum number of Lloyd iterations (stops early once assignments are stable).
+        num_clusters: K. num_iters: maximum number of Lloyd iterations (on CPU it stops early once assignments are
+            stable; on CUDA it runs all of them without a host sync -- the same fixed point when converged).
+        sync_free: force (True) or forbid (False) the fixed-iteration, sync-free loop; None: on CUDA only.
         generator: torch.Generator (any device; draws are moved to the features' device) or None (global RNG).
     Returns:
         labels (N,) long in [0, K) and centers (K, D) in the features' float dtype (float32 for half inputs):
@@ -150,6 +152,13 @@ def kmeans(features, num_clusters, num_iters=20, generator=None):
     x_t = x.t().contiguous()
     centers = _kmeans_pp_init(x, num_clusters, generator)
     labels = _nearest_center(x_t, centers)
+    if x.is_cuda if sync_free is None else sync_free:
+        # On a GPU: exactly `num_iters` Lloyd steps with full member means and no early exit, so the loop never
+        # waits for the device (the incremental update below needs `nonzero`, a host sync per iteration).
+        for _ in range(num_iters):
+            centers = _member_means(x, labels, num_clusters, centers)
+            labels = _nearest_center(x_t, centers)
+        return labels, _member_means(x, labels, num_clusters, centers)
     # Member sums/counts are updated from the rows whose label changed only (after the first iterations few rows
     # move), in float64 so the updates do not drift; the returned centers are recomputed from scratch.
     # (Hamerly-style distance bounds were tried: in 64-d with K = 8 they prune too few points to pay off.)

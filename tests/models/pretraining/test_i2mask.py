@@ -267,3 +267,14 @@ def test_cuda_matches_cpu_with_cpu_generator():
     assert gpu.is_cuda and gpu_ratio.is_cuda
     # Separated blobs: identical clustering on both devices, so identical masks.
     assert torch.equal(cpu, gpu.cpu()) and torch.allclose(cpu_ratio, gpu_ratio.cpu())
+
+
+def test_sync_free_kmeans_reaches_the_same_clustering():
+    """The fixed-iteration loop used on CUDA (no host syncs) converges to the incremental CPU loop's answer."""
+    generator = torch.Generator().manual_seed(3)
+    centers = torch.randn(6, 16, generator=generator) * 4
+    feats = (centers.repeat_interleave(50, 0) + 0.3 * torch.randn(300, 16, generator=generator))
+    incremental, c1 = kmeans(feats, 6, 30, torch.Generator().manual_seed(7), sync_free=False)
+    fixed, c2 = kmeans(feats, 6, 30, torch.Generator().manual_seed(7), sync_free=True)
+    assert torch.equal(incremental, fixed)
+    assert torch.allclose(c1, c2, atol=1e-5)
