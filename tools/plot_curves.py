@@ -5,7 +5,8 @@
         [--tags train/loss train/loss_points dgpl/beta ...] [--smooth 20]
 
 Without --tags every scalar tag is drawn. `--smooth N` overlays a running mean over N points (raw values faint).
-A tag missing from the logs is an error listing the tags that exist.
+A tag missing from the logs is an error listing the tags that exist, unless `--skip_missing` (e.g. `dgpl/c_r` of a
+pretraining run shorter than 3 epochs).
 """
 import sys
 from pathlib import Path
@@ -68,9 +69,16 @@ def main(argv=None):
     parser.add_argument('--out', required=True)
     parser.add_argument('--tags', nargs='+', default=None)
     parser.add_argument('--smooth', type=int, default=20)
+    parser.add_argument('--skip_missing', action='store_true', help='leave out requested tags the logs do not have')
     args = parser.parse_args(argv)
     series = read_scalars(args.logdir)
-    path = plot_curves(series, args.tags or sorted(series), args.out, args.smooth)
+    tags = args.tags or sorted(series)
+    if args.skip_missing:
+        skipped = [tag for tag in tags if tag not in series]
+        if skipped:
+            print(f'not in the logs, left out: {skipped}')
+        tags = [tag for tag in tags if tag in series]
+    path = plot_curves(series, tags, args.out, args.smooth)
     print(f'wrote {path}')
     return path
 

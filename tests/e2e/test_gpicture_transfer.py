@@ -6,7 +6,8 @@ The whole user path runs through the real tools, each in its own process (nothin
                                                              frames, 21 train / 9 val scenes (val_fraction 0.3)
   2. `python -m pcdet.datasets.nuscenes.nuscenes_dataset`   infos (nuscenes-devkit)
   3. `tools/prepare_seal_features.py`                       per-point `synthetic_semantic` teacher features
-  4. `tools/train.py` gpicture_tiny_synthetic_pretrain.yaml  GPICTURE pretraining on all 84 train frames, no labels
+  4. `tools/train.py` gpicture_tiny_synthetic_pretrain.yaml  GPICTURE pretraining on all 84 train frames, no labels;
+                                                             both reconstruction losses must decrease (TensorBoard)
   5. `tools/train.py` gpicture_tiny_synthetic_finetune.yaml  twice, same seed and schedule, on every 10th train frame
      (9 frames): (a) `--pretrained_model` = the pretraining checkpoint, (b) from scratch
   6. `tools/test.py` for both                                 official devkit `DetectionEval` on the 36 val frames
@@ -41,6 +42,20 @@ def train_args(cfg_file, tag, epochs, output_root, data_set, extra=()):
     return [REPO_ROOT / 'tools' / 'train.py', '--cfg_file', cfg_file, '--extra_tag', tag, '--epochs', epochs,
             '--workers', '0', '--fix_random_seed', '--skip_eval', '--use_tqdm_to_record', '--output_root',
             output_root, *extra, *data_set]
+
+
+def assert_pretraining_losses_decrease(tensorboard_dir, window=20):
+    """Both reconstruction losses end lower than they start: loss_points over the whole run, loss_seal from the
+    first epoch with beta > 0 (before it, the teacher head is not trained)."""
+    from pcdet.utils.tb_events import read_scalars
+    series = read_scalars(tensorboard_dir)
+    points = [v for _, v in series['train/loss_points']]
+    assert sum(points[-window:]) / window < 0.5 * sum(points[:window]) / window, 'loss_points did not decrease'
+    beta = dict(series['dgpl/beta'])
+    first_on = min(epoch for epoch, value in beta.items() if value > 0)
+    iters_per_epoch = len(points) // len(beta)
+    seal = [v for _, v in series['train/loss_seal']][first_on * iters_per_epoch:]
+    assert sum(seal[-window:]) / window < 0.5 * sum(seal[:window]) / window, 'loss_seal did not decrease'
 
 
 def run_in_parallel(jobs, env, timeout):
@@ -82,6 +97,7 @@ def test_gpicture_pretraining_helps_with_ten_percent_of_the_labels(tmp_path, rec
     assert pretrained.is_file(), f'pretraining did not write {pretrained}'
     pretrain_log = (tmp_path / 'pretrain.log').read_text(errors='replace')
     assert 'DGPL epoch 2: beta' in pretrain_log  # the gate ran on encoder snapshots
+    assert_pretraining_losses_decrease(output_root / 'gpicture_models' / PRETRAIN_CFG.stem / 'ci' / 'tensorboard')
 
     arms = {'pretrained': ['--pretrained_model', pretrained], 'scratch': []}
     timings['finetune'] = run_in_parallel(

@@ -33,5 +33,8 @@ def test_scalars_round_trip_and_png(tmp_path):
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     with pytest.raises(KeyError, match='available'):
         tool.main(['--logdir', str(tmp_path / 'tb'), '--out', str(tmp_path / 'd.png'), '--tags', 'nope'])
+    kept = tool.main(['--logdir', str(tmp_path / 'tb'), '--out', str(tmp_path / 'e.png'), '--tags', 'nope',
+                      'dgpl/beta', '--skip_missing'])
+    assert kept.is_file()
     with pytest.raises(FileNotFoundError):
         read_scalars(tmp_path / 'empty')

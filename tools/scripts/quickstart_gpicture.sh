@@ -59,7 +59,7 @@ for ARM in pretrained scratch; do
 done
 echo "== 6/6 pretraining curves -> $OUT_DIR/pretrain_curves.png"
 python tools/plot_curves.py --logdir "$PRE_RUN/tensorboard" --out "$OUT_DIR/pretrain_curves.png" \
-  --tags train/loss_points train/loss_seal train/mask_ratio dgpl/beta dgpl/c_r
+  --tags train/loss_points train/loss_seal train/mask_ratio dgpl/beta dgpl/c_r --skip_missing
 
 python - output/gpicture_models/gpicture_tiny_synthetic_finetune "$TAG" "$FT_EPOCHS" <<'PYEOF'
 import json, sys
