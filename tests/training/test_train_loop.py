@@ -166,3 +166,19 @@ def test_merge_all_iters_to_one_epoch_and_intervals(tmp_path):
     # every 2 epochs + always the final one; keep-last-1
     assert [e for e, _ in epoch_checkpoints(tmp_path)] == [3]
     assert np.isfinite(params_of(model)['linear.weight'].numpy()).all()
+
+
+def test_model_epoch_hooks_are_called_around_each_epoch(tmp_path):
+    model, optimizer, scheduler, loader, cfg = _build()
+    events = []
+
+    def on_start(epoch, dataset, logger=None, tb_log=None, ckpt_dir=None):
+        # called before the epoch's first step, with the loader's dataset and the checkpoint folder
+        assert dataset is loader.dataset and ckpt_dir == tmp_path
+        events.append(('start', epoch, len(epoch_checkpoints(tmp_path))))
+
+    model.on_train_epoch_start = on_start
+    model.on_train_epoch_end = lambda epoch: events.append(('end', epoch))
+    tb_log = TbRecorder()
+    _train(model, optimizer, scheduler, loader, cfg, tmp_path, tb_log=tb_log)
+    assert events == [('start', 0, 0), ('end', 0), ('start', 1, 1), ('end', 1), ('start', 2, 2), ('end', 2)]
