@@ -209,3 +209,17 @@ def test_point_targets_in_metres_or_voxel_units():
     units = model.dense_head.point_targets(batch_dict)
     assert torch.allclose(units * torch.tensor([0.8, 0.8, 2.0]), metres, atol=1e-5)
     assert units.abs().max() <= 0.5 + 1e-5 and metres.abs().max() > 0.5
+
+
+def test_mask_config_defaults_and_errors_come_from_one_place():
+    from pcdet.models.backbones_3d.dsvt_mae import resolve_mask_config
+    from pcdet.models.pretraining.i2mask import DEFAULT_I2MASK_CFG
+    cfg = resolve_mask_config(EasyDict(MASK_CONFIG={'TYPE': 'random', 'NUM_CLUSTERS': 6}))
+    assert cfg['TYPE'] == 'random' and cfg['NUM_CLUSTERS'] == 6 and cfg['RANDOM_MASK_RATIO'] == 0.6
+    assert cfg['KMEANS_ITERS'] == DEFAULT_I2MASK_CFG['KMEANS_ITERS']
+    with pytest.raises(ValueError, match=r"MASK_CONFIG: unknown key\(s\) \['NUM_CLUSTER'\]"):
+        resolve_mask_config(EasyDict(MASK_CONFIG={'NUM_CLUSTER': 6}))
+    with pytest.raises(ValueError, match='MASK_CONFIG: .*BASE_MASK_RATIO'):
+        resolve_mask_config(EasyDict(MASK_CONFIG={'PARTITION': [4, 4], 'BASE_MASK_RATIO': [0.9, 0.5, 0.0]}))
+    with pytest.raises(ValueError, match='MASK_CONFIG.TYPE'):
+        resolve_mask_config(EasyDict(MASK_CONFIG={'TYPE': 'block'}))

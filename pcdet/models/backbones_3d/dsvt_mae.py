@@ -25,27 +25,30 @@ forward(batch_dict):
 """
 import torch
 
-from ..pretraining.i2mask import i2mask_batch
+from ..pretraining.i2mask import DEFAULT_I2MASK_CFG, i2mask_batch, read_i2mask_cfg
 from ..pretraining.point_groups import voxel_mean_features
 from .dsvt import DSVT
 
-MASK_DEFAULTS = {'TYPE': 'i2mask', 'NUM_CLUSTERS': 8, 'PARTITION': [3, 3, 2], 'BASE_MASK_RATIO': [0.9, 0.45, 0.0],
-                 'LAMBDA_THRESHOLD': 0.6, 'KMEANS_ITERS': 20, 'RANDOM_MASK_RATIO': 0.6, 'NORMALIZE_TARGETS': False}
+# DSVT_MAE's own MASK_CONFIG keys; the I²Mask keys, their defaults and checks come from `read_i2mask_cfg`.
+MASK_DEFAULTS = {'TYPE': 'i2mask', 'RANDOM_MASK_RATIO': 0.6, 'NORMALIZE_TARGETS': False}
 MASK_TYPES = ('i2mask', 'random', 'none')
 
 
 def resolve_mask_config(model_cfg):
-    """`BACKBONE_3D.MASK_CONFIG` merged over `MASK_DEFAULTS`; unknown keys or types are errors naming them."""
+    """`BACKBONE_3D.MASK_CONFIG` with defaults filled in; unknown keys, types or bad I²Mask values are errors
+    naming them."""
     given = dict(model_cfg.get('MASK_CONFIG', None) or {})
-    unknown = sorted(set(given) - set(MASK_DEFAULTS))
+    known = sorted(set(MASK_DEFAULTS) | set(DEFAULT_I2MASK_CFG))
+    unknown = sorted(set(given) - set(known))
     if unknown:
-        raise ValueError(f'BACKBONE_3D.MASK_CONFIG: unknown key(s) {unknown}; known: {sorted(MASK_DEFAULTS)}')
-    cfg = {**MASK_DEFAULTS, **given}
+        raise ValueError(f'BACKBONE_3D.MASK_CONFIG: unknown key(s) {unknown}; known: {known}')
+    try:
+        i2mask_cfg = read_i2mask_cfg(given)
+    except ValueError as err:
+        raise ValueError(f'BACKBONE_3D.MASK_CONFIG: {err}') from None
+    cfg = {**MASK_DEFAULTS, **i2mask_cfg, **{key: given[key] for key in MASK_DEFAULTS if key in given}}
     if cfg['TYPE'] not in MASK_TYPES:
         raise ValueError(f'BACKBONE_3D.MASK_CONFIG.TYPE {cfg["TYPE"]!r}: expected one of {list(MASK_TYPES)}')
-    if len(cfg['PARTITION']) != len(cfg['BASE_MASK_RATIO']):
-        raise ValueError(f'BACKBONE_3D.MASK_CONFIG: PARTITION {cfg["PARTITION"]} and BASE_MASK_RATIO '
-                         f'{cfg["BASE_MASK_RATIO"]} must have one entry per cluster group')
     return cfg
 
 

@@ -58,7 +58,7 @@ def _uniform(shape, generator, device):
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
 
 
-def _read_cfg(cfg):
+def read_i2mask_cfg(cfg):
     """Validated I²Mask settings from a dict / EasyDict (missing keys take `DEFAULT_I2MASK_CFG`)."""
     cfg = {} if cfg is None else cfg
     out = {key: cfg.get(key, default) for key, default in DEFAULT_I2MASK_CFG.items()}
@@ -268,7 +268,7 @@ def mask_from_clusters(features, labels, centers, cfg, generator=None):
         (N,) bool mask: for each cluster k exactly `floor(|C_k| * base(group of k) * r_c,k)` members set, chosen
         uniformly at random.
     """
-    settings = _read_cfg(cfg)
+    settings = read_i2mask_cfg(cfg)
     num_clusters = centers.shape[0]
     labels = labels.long()
     if labels.numel() == 0:
@@ -299,7 +299,7 @@ def i2mask_single(features, cfg, generator=None):
     """
     if features.dim() != 2:
         raise ValueError(f'i2mask_single: features must be (N, D), got shape {tuple(features.shape)}')
-    settings = _read_cfg(cfg)
+    settings = read_i2mask_cfg(cfg)
     num_points = features.shape[0]
     if num_points == 0:
         return torch.zeros(0, dtype=torch.bool, device=features.device)
@@ -324,7 +324,7 @@ def i2mask_batch(features, valid, batch_index, batch_size, cfg, generator=None):
     if features.dim() != 2 or valid.shape != features.shape[:1] or batch_index.shape != features.shape[:1]:
         raise ValueError(f'i2mask_batch: need features (N, D), valid (N,), batch_index (N,); got '
                          f'{tuple(features.shape)}, {tuple(valid.shape)}, {tuple(batch_index.shape)}')
-    settings = _read_cfg(cfg)
+    settings = read_i2mask_cfg(cfg)
     batch_index = batch_index.long()
     valid = valid.bool()
     mask = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
