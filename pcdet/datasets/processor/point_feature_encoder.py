@@ -65,7 +65,8 @@ class PointFeatureEncoder:
         if self.point_encoding_config.get('filter_sweeps', False) and 'timestamp' in self.src_feature_list:
             points = self._filter_sweeps(points)
         columns = self._used_columns + list(range(len(self.src_feature_list), expected))
-        data_dict['points'] = points[:, columns]
+        # every column kept in order (e.g. all features used + teacher columns): skip a copy of the whole cloud
+        data_dict['points'] = points if columns == list(range(expected)) else points[:, columns]
         data_dict['use_lead_xyz'] = True
         return data_dict
 
