@@ -118,7 +118,9 @@ def cast_scan(scene, t, sensor_pose_global, lidar_config, rng=None):
     primitives = scene.primitives_at(t)
     shapes = primitives.shapes
     centres, sensor_from_local = _primitive_frames(shapes, sensor_pose_global)
-    rays_intersecting = np.zeros(len(shapes), dtype=np.int64)
+    num_objects = scene.num_objects
+    # rays meeting each object: a set of flat ray indices per object, since an object may be several primitives
+    object_rays = [[] for _ in range(num_objects)]
     windows = _ray_windows(centres, np.linalg.norm(shapes[:, 3:6], axis=1) / 2, elevations, azimuths,
                            lidar_config.max_range)
     for index, beams, cols in windows:
@@ -127,13 +129,19 @@ def cast_scan(scene, t, sensor_pose_global, lidar_config, rng=None):
         intersect = _ray_ellipsoid if primitives.is_ellipsoid[index] else _ray_box
         hit_depth = intersect(-rotation.T @ centres[index], local_dirs, shapes[index, 3:6] / 2)
         hit_depth[hit_depth > lidar_config.max_range] = np.inf
-        rays_intersecting[index] = np.count_nonzero(np.isfinite(hit_depth))
+        owner = primitives.object_id[index]
+        if owner >= 0:
+            hit_beams, hit_cols = np.nonzero(np.isfinite(hit_depth))
+            beam_ids, col_ids = np.arange(depth.shape[0])[beams], np.arange(depth.shape[1])[cols]
+            object_rays[owner].append(beam_ids[hit_beams] * depth.shape[1] + col_ids[hit_cols])
         current = depth[beams][:, cols]
         closer = hit_depth < current
         if closer.any():
             depth[beams, cols] = np.where(closer, hit_depth, current)
             hit_primitive[beams, cols] = np.where(closer, index, hit_primitive[beams][:, cols])
 
+    rays_intersecting = np.array([len(np.unique(np.concatenate(rays))) if rays else 0 for rays in object_rays],
+                                 dtype=np.int64)
     return _assemble_scan(scene, primitives, depth, hit_primitive, rays_intersecting, dirs, sensor_pose_global,
                           lidar_config, rng)
 
@@ -250,5 +258,6 @@ def _assemble_scan(scene, primitives, depth, hit_primitive, rays_intersecting, d
     first_hit = np.bincount(object_id[object_id >= 0], minlength=num_objects)[:num_objects]
     return LidarScan(
         points=np.concatenate([xyz, intensity[:, None]], axis=1).astype(np.float32),
-        ring=ring.astype(np.uint8), azimuth_index=azimuth_index.astype(np.int32), semantic_label=semantic.astype(np.uint8), hit_object_id=object_id,
-        object_rays_intersecting=rays_intersecting[:num_objects].copy(), object_rays_first_hit=first_hit)
+        ring=ring.astype(np.uint8), azimuth_index=azimuth_index.astype(np.int32),
+        semantic_label=semantic.astype(np.uint8), hit_object_id=object_id,
+        object_rays_intersecting=rays_intersecting, object_rays_first_hit=first_hit)

@@ -17,6 +17,11 @@ from . import catalog
 from .geometry import pose_matrix, rotation_matrix_from_rpy
 
 
+VEHICLE_PROFILES = ('box', 'stepped')
+VEHICLE_NOSE_LENGTH = 0.3  # share of the length at the front that is lowered ('stepped' profile)
+VEHICLE_NOSE_HEIGHT = 0.6  # its height as a share of the box height
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     """Everything `simulate_scene` needs; all distances in metres, times in seconds, speeds in m/s.
@@ -42,6 +47,14 @@ class SceneConfig:
         surface_inset: the ray-cast shape is the annotation box shrunk by this much on every side, so every
             object return stays inside its box despite range noise (keep it above the LiDAR noise clip).
         max_placement_tries: rejection-sampling attempts per object before it is dropped.
+        kind_weights: optional ((kind name, relative frequency), ...) replacing the catalog's `weight` of those
+            detection kinds when the scene is filled (writers use it to mimic their dataset's class mix; the
+            one-per-class instances of `ensure_every_class` are placed regardless).
+        vehicle_profile: ray-cast shape of vehicle kinds. 'box': the (shrunk) annotation box. 'stepped': the same
+            box outline with a lowered front: the front `VEHICLE_NOSE_LENGTH` of the length is only
+            `VEHICLE_NOSE_HEIGHT` of the height tall (bonnet / cab step), so front and back look different and the
+            heading is observable from one scan; the shape still touches every face of the box, so labels stay
+            tight.
     """
     t_start: float = 0.0
     t_end: float = 4.5
@@ -62,6 +75,8 @@ class SceneConfig:
     box_ground_clearance: float = 0.03
     surface_inset: float = 0.05
     max_placement_tries: int = 300
+    kind_weights: tuple = None
+    vehicle_profile: str = 'box'
 
     def __post_init__(self):
         if not self.t_end > self.t_start:
@@ -70,6 +85,18 @@ class SceneConfig:
             raise ValueError('ego_yaw_rate_range must be positive and increasing (the path is a circular arc)')
         if not 0 < self.ego_speed_range[0] <= self.ego_speed_range[1]:
             raise ValueError('ego_speed_range must be positive and increasing')
+        if self.vehicle_profile not in VEHICLE_PROFILES:
+            raise ValueError(f'vehicle_profile must be one of {VEHICLE_PROFILES}, got {self.vehicle_profile!r}')
+        if self.kind_weights is not None:
+            names = [name for name, _ in self.kind_weights]
+            merged = {kind: float(catalog.object_kind(kind).weight) for kind in catalog.DETECTION_KINDS}
+            merged.update({name: float(weight) for name, weight in self.kind_weights if name in merged})
+            values = np.array(list(merged.values()))
+            if (len(names) != len(set(names)) or set(names) - set(catalog.DETECTION_KINDS)
+                    or not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0):
+                raise ValueError(f'kind_weights must give finite, non-negative weights (not all zero after merging '
+                                 f'with the catalog), once each, to detection kinds {catalog.DETECTION_KINDS}; '
+                                 f'got {self.kind_weights}')
 
     def check_times(self):
         """(T,) times at which non-overlap is enforced (both ends included)."""
@@ -208,17 +235,49 @@ class Scene:
         on_road = self.trajectory.distance_to_road_centre(xy) <= self.config.road_half_width
         return np.where(on_road, catalog.semantic_index('road'), catalog.semantic_index('sidewalk'))
 
+    def vehicle_rows(self):
+        """(V,) indices of the objects of vehicle kinds (`ObjectKind.vehicle`)."""
+        return np.array([i for i, kind in enumerate(self.objects.kinds) if catalog.object_kind(kind).vehicle],
+                        dtype=np.int64)
+
+    def _stepped_vehicle_shapes(self, shapes):
+        """'stepped' profile: each vehicle box becomes a low full-length body plus a full-height rear part.
+        -> (shapes with the vehicles' bodies, (V, 7) rear parts, (V,) their object rows)."""
+        rows = self.vehicle_rows()
+        if len(rows) == 0:
+            return shapes, np.zeros((0, 7)), rows
+        shapes = shapes.copy()
+        boxes = shapes[rows]
+        length, height, heading = boxes[:, 3], boxes[:, 5], boxes[:, 6]
+        rear = boxes.copy()
+        rear[:, 3] = (1.0 - VEHICLE_NOSE_LENGTH) * length
+        shift = -0.5 * VEHICLE_NOSE_LENGTH * length  # rear part flush with the back face
+        rear[:, 0] += shift * np.cos(heading)
+        rear[:, 1] += shift * np.sin(heading)
+        body = boxes.copy()
+        body[:, 5] = VEHICLE_NOSE_HEIGHT * height
+        body[:, 2] -= 0.5 * (1.0 - VEHICLE_NOSE_HEIGHT) * height  # body flush with the bottom face
+        shapes[rows] = body
+        return shapes, rear, rows
+
     def primitives_at(self, t):
-        """All hittable primitives (objects first, then clutter) at time `t`."""
+        """All hittable primitives at time `t`: one per object (rows 0..M-1, so primitive index = object index),
+        then the extra parts of multi-part objects ('stepped' vehicles), then clutter."""
         objects, clutter = self.objects, self.clutter
         num_objects, num_clutter = self.num_objects, len(clutter.semantic)
         object_semantic = np.array([catalog.semantic_index(k) for k in objects.kinds], dtype=np.int64)
+        object_shapes = self.object_shapes_at(t).reshape(-1, 7)
+        extra_rows = np.zeros(0, dtype=np.int64)
+        extra_shapes = np.zeros((0, 7))
+        if self.config.vehicle_profile == 'stepped':
+            object_shapes, extra_shapes, extra_rows = self._stepped_vehicle_shapes(object_shapes)
+        object_rows = np.concatenate([np.arange(num_objects), extra_rows])
         return Primitives(
-            shapes=np.concatenate([self.object_shapes_at(t).reshape(-1, 7), clutter.shapes.reshape(-1, 7)]),
-            is_ellipsoid=np.concatenate([np.zeros(num_objects, dtype=bool), clutter.is_ellipsoid]),
-            semantic=np.concatenate([object_semantic, clutter.semantic.astype(np.int64)]),
-            object_id=np.concatenate([np.arange(num_objects), -np.ones(num_clutter, dtype=np.int64)]),
-            reflectivity=np.concatenate([objects.reflectivity, clutter.reflectivity]).astype(np.float64),
+            shapes=np.concatenate([object_shapes, extra_shapes, clutter.shapes.reshape(-1, 7)]),
+            is_ellipsoid=np.concatenate([np.zeros(len(object_rows), dtype=bool), clutter.is_ellipsoid]),
+            semantic=np.concatenate([object_semantic[object_rows], clutter.semantic.astype(np.int64)]),
+            object_id=np.concatenate([object_rows, -np.ones(num_clutter, dtype=np.int64)]),
+            reflectivity=np.concatenate([objects.reflectivity[object_rows], clutter.reflectivity]).astype(np.float64),
         )
 
 

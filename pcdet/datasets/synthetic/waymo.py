@@ -10,7 +10,8 @@ See docs/WAYMO.md and the `waymo_writer` module docstring for what is simulated.
 import argparse
 import sys
 
-from .waymo_writer import SyntheticWaymoConfig, generate_waymo
+from .scene import VEHICLE_PROFILES
+from .waymo_writer import CLASS_MIXES, SyntheticWaymoConfig, generate_waymo
 
 
 def parse_args(argv=None):
@@ -32,6 +33,11 @@ def parse_args(argv=None):
                         help='columns of the 4 short-range LiDARs (real WOD: 600)')
     parser.add_argument('--num_objects', type=int, default=defaults.num_objects,
                         help='objects per segment (the simulator places at least one of each kind)')
+    parser.add_argument('--class_mix', choices=sorted(CLASS_MIXES), default=defaults.class_mix,
+                        help="object kind frequencies: 'wod' (Vehicles mostly cars, as in WOD) or 'nuscenes' "
+                             "(the nuScenes-like mix of the nuScenes generator)")
+    parser.add_argument('--vehicle_profile', choices=VEHICLE_PROFILES, default=defaults.vehicle_profile,
+                        help="ray-cast shape of vehicles: 'stepped' (lowered front: heading observable) or 'box'")
     parser.add_argument('--overwrite', action='store_true',
                         help='regenerate even if an identical complete dataset exists (default: skip it)')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -44,7 +50,8 @@ def main(argv=None):
         root=args.root, num_sequences=args.num_sequences, frames_per_sequence=args.frames_per_sequence,
         seed=args.seed, val_fraction=args.val_fraction, top_columns=args.top_columns,
         top_pose_sectors=args.top_pose_sectors, side_beams=args.side_beams, side_columns=args.side_columns,
-        num_objects=args.num_objects)
+        num_objects=args.num_objects, class_mix=args.class_mix,
+        vehicle_profile=args.vehicle_profile)
     try:
         config.validate()
         summary = generate_waymo(config, overwrite=args.overwrite, progress=not args.quiet)

@@ -63,7 +63,7 @@ from ..waymo.tfrecord import TFRecordWriter
 from . import catalog, dataset_manifest
 from .geometry import invert_pose, pose_matrix, rotation_matrix_from_rpy, transform_points
 from .lidar import LidarConfig, cast_scan
-from .scene import SceneConfig, simulate_scene
+from .scene import VEHICLE_PROFILES, SceneConfig, simulate_scene
 
 GENERATOR = 'pcdet.datasets.synthetic.waymo/1'
 MANIFEST_NAME = 'synthetic_manifest.json'
@@ -83,6 +83,17 @@ WAYMO_TYPE_OF_KIND = {
 }
 DETECTION_TYPES = ('Vehicle', 'Pedestrian', 'Cyclist', 'Sign')
 
+# Relative frequencies of the simulator's kinds per class mix (`SyntheticWaymoConfig.class_mix`). 'wod' follows
+# the Waymo Open Dataset: its Vehicle class is mostly passenger cars (trucks, buses, trailers and motorcycles are a
+# few percent) and there are about half as many pedestrians as vehicles and few cyclists. 'nuscenes' keeps the
+# catalog's nuScenes-like frequencies, under which long vehicles and motorcycles make up half of all Vehicles.
+CLASS_MIXES = {
+    'wod': (('car', 0.60), ('truck', 0.04), ('construction_vehicle', 0.01), ('bus', 0.02), ('trailer', 0.01),
+            ('motorcycle', 0.01), ('barrier', 0.04), ('bicycle', 0.03), ('pedestrian', 0.20),
+            ('traffic_cone', 0.04)),
+    'nuscenes': None,
+}
+
 # (name, width, height, yaw in degrees, translation): WOD camera image sizes; intrinsics are plausible values.
 CAMERAS = (('FRONT', 1920, 1280, 0.0, (1.54, -0.02, 2.12)), ('FRONT_LEFT', 1920, 1280, 45.0, (1.50, 0.09, 2.12)),
            ('FRONT_RIGHT', 1920, 1280, -45.0, (1.50, -0.10, 2.12)), ('SIDE_LEFT', 1920, 886, 90.0, (1.43, 0.10, 2.12)),
@@ -101,6 +112,10 @@ class SyntheticWaymoConfig:
         top_pose_sectors: rolling-shutter pose steps per TOP revolution (1 = one pose for the whole scan).
         side_beams, side_columns: range-image size of the 4 short-range LiDARs (WOD: 200 x 600).
         num_objects: objects of the simulator's 10 detection kinds per sequence.
+        class_mix: relative frequency of the object kinds, a key of `CLASS_MIXES` ('wod': mostly cars, as in WOD;
+            'nuscenes': the catalog's nuScenes-like mix). Every kind still appears at least once per sequence.
+        vehicle_profile: ray-cast shape of vehicles (`SceneConfig.vehicle_profile`): 'stepped' (default: lowered
+            front, so the heading is observable as on real vehicles) or 'box' (front and back look the same).
     """
     root: str
     num_sequences: int = 4
@@ -112,8 +127,14 @@ class SyntheticWaymoConfig:
     side_beams: int = 32
     side_columns: int = 256
     num_objects: int = 30
+    class_mix: str = 'wod'
+    vehicle_profile: str = 'stepped'
 
     def validate(self):
+        if self.class_mix not in CLASS_MIXES:
+            raise ValueError(f'class_mix must be one of {sorted(CLASS_MIXES)}, got {self.class_mix!r}')
+        if self.vehicle_profile not in VEHICLE_PROFILES:
+            raise ValueError(f'vehicle_profile must be one of {VEHICLE_PROFILES}, got {self.vehicle_profile!r}')
         if self.num_sequences < 2:
             raise ValueError(f'num_sequences must be >= 2 (one train and one val segment), got {self.num_sequences}')
         if self.frames_per_sequence < 1 or self.num_objects < 1 or self.seed < 0:
@@ -246,7 +267,9 @@ class SequenceSim:
 def simulate_sequence(plan, config):
     """Simulate the scene and rig of one sequence (no ray casting yet)."""
     duration = config.frames_per_sequence * FRAME_PERIOD_US * 1e-6
-    scene = simulate_scene(SceneConfig(t_start=0.0, t_end=duration, num_objects=config.num_objects),
+    scene = simulate_scene(SceneConfig(t_start=0.0, t_end=duration, num_objects=config.num_objects,
+                                         kind_weights=CLASS_MIXES[config.class_mix],
+                                         vehicle_profile=config.vehicle_profile),
                            np.random.default_rng([config.seed, plan.index, 0]))
     rng = np.random.default_rng([config.seed, plan.index, 1])
     rig = lidar_rig(config, rng)
