@@ -32,6 +32,19 @@ def run_tool(args, env, log_path, timeout):
     return seconds
 
 
+def train_args(cfg_file, tag, epochs, output_root, data_set, extra=()):
+    """`tools/train.py` arguments of a seeded, single-process CI run (no eval: the test runs tools/test.py)."""
+    return [REPO_ROOT / 'tools' / 'train.py', '--cfg_file', cfg_file, '--extra_tag', tag, '--epochs', epochs,
+            '--workers', '0', '--fix_random_seed', '--skip_eval', '--use_tqdm_to_record', '--output_root',
+            output_root, *extra, *data_set]
+
+
+def eval_args(cfg_file, tag, ckpt, output_root, data_set):
+    """`tools/test.py` arguments evaluating `ckpt` of the run `tag`."""
+    return [REPO_ROOT / 'tools' / 'test.py', '--cfg_file', cfg_file, '--extra_tag', tag, '--ckpt', ckpt,
+            '--workers', '0', '--output_root', output_root, *data_set]
+
+
 SYNTHETIC_VERSION = 'v1.0-mini'
 SYNTHETIC_DATASET_CFG = REPO_ROOT / 'tools' / 'cfgs' / 'dataset_configs' / 'nuscenes_synthetic.yaml'
 # 10 official mini scenes x 10 key frames (80 train / 20 mini_val), 512 azimuth steps: ~15 s to generate.
