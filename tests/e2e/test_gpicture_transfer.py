@@ -15,8 +15,8 @@ and asserts mAP(a) >= mAP(b) and car AP(a) >= car AP(b); NDS of both is printed 
 the measured numbers: on this data the pretrained encoder mainly helps the vehicle classes and pedestrians). 9 val
 scenes instead of mini's 2 keep the per-class APs from hinging on a handful of objects.
 
-Budget: about 15-20 minutes wall on 2 shared CPU cores (CI), one torch thread per tool so the scratch fine-tune
-can run beside the pretraining. Deselect with `-m "not slow"`.
+Budget: about 15 minutes wall on 2 shared CPU cores (CI; 45 fine-tune epochs, see docs/RESULTS.md), one torch
+thread per tool so the scratch fine-tune can run beside the pretraining. Deselect with `-m "not slow"`.
 """
 import re
 import subprocess
@@ -35,7 +35,7 @@ VERSION = 'v1.0-trainval'
 GENERATOR_ARGS = ['--num_scenes', '30', '--samples_per_scene', '4', '--azimuth_steps', '512', '--seed', '0',
                   '--val_fraction', '0.3']
 PRETRAIN_EPOCHS = 16
-FINETUNE_EPOCHS = 60
+FINETUNE_EPOCHS = 45
 THREADS = 1
 
 
