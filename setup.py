@@ -37,7 +37,7 @@ setup(
     extras_require={
         'spconv': ['spconv-cu118>=2.3.6', 'cumm-cu118'],
         'waymo': ['waymo-open-dataset-tf-2-12-0'],
-        'dev': ['pytest>=7.4', 'pytest-xdist>=3.3'],
+        'dev': ['pytest>=7.4', 'pytest-xdist>=3.6'],
     },
     license='Apache-2.0',
 )

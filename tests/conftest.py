@@ -84,7 +84,8 @@ def synthetic_nuscenes_data_path(synthetic_nuscenes_root, synthetic_nuscenes_ver
 
 
 def pytest_collection_modifyitems(config, items):
-    """Run the slow end-to-end tests first (a stable sort keeps every other order): under `-n 2 --dist loadfile` each
-    xdist worker then starts with one e2e file, so the two minutes-long runs overlap from the start instead of one of
-    them waiting behind the unit tests (CI wall time)."""
+    """Run the slow end-to-end tests first (a stable sort keeps every other order): under `-n 2 --dist loadfile
+    --no-loadscope-reorder` (run_tests.sh; xdist's default reorder would sort files by test count and start the
+    single-test e2e files last) each xdist worker then starts with one e2e file, so the minutes-long runs overlap
+    from the start instead of waiting behind the unit tests (CI wall time)."""
     items.sort(key=lambda item: 0 if item.get_closest_marker('slow') else 1)

@@ -11,8 +11,8 @@ The whole user path runs through the real tools, each in its own process (nothin
   5. `tools/train.py` gpicture_tiny_synthetic_finetune.yaml  twice, same seed and schedule, on every 10th train frame
      (9 frames): (b) from scratch, at the same time as step 4; (a) `--pretrained_model` = the pretraining checkpoint
   6. `tools/test.py` for both                                 official devkit `DetectionEval` on the 36 val frames
-and asserts mAP(a) >= mAP(b) and car AP(a) >= car AP(b); NDS of both is printed and recorded (docs/GPICTURE.md has
-the measured numbers: on this data the pretrained encoder mainly helps the vehicle classes and pedestrians). 9 val
+and asserts mAP(a) >= mAP(b) and car AP(a) >= car AP(b); NDS of both is printed and recorded (docs/RESULTS.md and
+docs/GPICTURE.md have the measured numbers: the pretrained encoder mostly makes the fine-tune converge faster). 9 val
 scenes instead of mini's 2 keep the per-class APs from hinging on a handful of objects.
 
 Budget: about 15 minutes wall on 2 shared CPU cores (CI; 45 fine-tune epochs, see docs/RESULTS.md), one torch

@@ -9,13 +9,13 @@ hard-coded except the bar):
   Waymo     `python -m pcdet.datasets.synthetic.waymo` (tfrecords, no TensorFlow) -> `create_waymo_infos` (infos +
             GT database) -> `tools/train.py` waymo_models/dsvt_tiny_synthetic_waymo.yaml -> `tools/test.py`
             (`WaymoDataset.evaluation`, 3D IoU 0.7 for Vehicles); asserts Vehicle LEVEL_1 AP >= 0.5.
-Training is seeded (`--fix_random_seed --workers 0`) with one torch thread: under `run_tests.sh` the other xdist
-worker runs the GPICTURE e2e test meanwhile, and a second thread competing for a busy core slows a run down
-several-fold. Both tests live in one module on purpose: `--dist loadfile` then runs them one after the other on one
-worker while the other worker runs the GPICTURE test. Budget: about 13 + 11 minutes wall beside the GPICTURE test.
-Measured numbers: docs/RESULTS.md. Deselect with `-m "not slow"`.
+Training is seeded (`--fix_random_seed --workers 0`) with one torch thread per run. Both pipelines start together
+(module fixture, one thread each driving its subprocesses) and each test waits for its own: the two runs together
+take about as long as the GPICTURE e2e test on the other xdist worker (~14 min of one core each), where one after
+the other they made the CI run ~35 min. Measured numbers: docs/RESULTS.md. Deselect with `-m "not slow"`.
 """
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -37,18 +37,57 @@ WAYMO_EPOCHS = 16
 VEHICLE_L1_AP_BAR = 0.5
 
 
-def train_and_evaluate(cfg_file, epochs, data_path, tmp_path, env, timings):
+def train_and_evaluate(cfg_file, epochs, data_path, workdir, env, timings):
     """Train `cfg_file` for `epochs` on `data_path`, evaluate the last checkpoint. -> the run's output folder."""
-    output_root = tmp_path / 'output'
+    output_root = workdir / 'output'
     data_set = ['--set', 'DATA_CONFIG.DATA_PATH', str(data_path)]
     timings['train'] = run_tool(train_args(cfg_file, 'ci', epochs, output_root, data_set), env,
-                                tmp_path / 'train.log', timeout=1200)
+                                workdir / 'train.log', timeout=2700)
     run_dir = output_root / cfg_file.parent.name / cfg_file.stem / 'ci'
     ckpt = run_dir / 'ckpt' / f'checkpoint_epoch_{epochs}.pth'
     assert ckpt.is_file(), f'training did not write {ckpt}'
-    timings['test'] = run_tool(eval_args(cfg_file, 'ci', ckpt, output_root, data_set), env, tmp_path / 'test.log',
-                               timeout=300)
+    timings['test'] = run_tool(eval_args(cfg_file, 'ci', ckpt, output_root, data_set), env, workdir / 'test.log',
+                               timeout=600)
     return run_dir
+
+
+def nuscenes_pipeline(workdir):
+    """Synthetic v1.0-mini -> infos -> train -> DetectionEval. -> (devkit metrics, seconds per step)."""
+    env, timings = tool_env(THREADS), {}
+    make_synthetic_nuscenes(workdir / 'data', env, workdir, timings)
+    run_dir = train_and_evaluate(NUSCENES_CFG, NUSCENES_EPOCHS, workdir / 'data', workdir, env, timings)
+    return devkit_metrics(run_dir, NUSCENES_EPOCHS), timings
+
+
+def logged_waymo_metrics(log_text):
+    """{'OBJECT_TYPE_TYPE_VEHICLE_LEVEL_1/AP': 0.55, ...} from test.py's log (the evaluator's result string)."""
+    return {key: float(value) for key, value in re.findall(r'^(OBJECT_TYPE_\w+/APH?): ([0-9.]+)$', log_text, re.M)}
+
+
+def waymo_pipeline(workdir):
+    """Synthetic WOD segments -> create_waymo_infos -> train -> Waymo AP / APH. -> (logged metrics, seconds)."""
+    env, data_path = tool_env(THREADS), workdir / 'data'
+    timings = {
+        'generate': run_tool(['-m', 'pcdet.datasets.synthetic.waymo', '--root', data_path, *WAYMO_GENERATOR_ARGS,
+                              '--quiet'], env, workdir / 'generate.log', timeout=900),
+        'infos': run_tool(['-m', 'pcdet.datasets.waymo.waymo_dataset', '--func', 'create_waymo_infos', '--cfg_file',
+                           WAYMO_CFG, '--data_path', data_path], env, workdir / 'infos.log', timeout=600),
+    }
+    train_and_evaluate(WAYMO_CFG, WAYMO_EPOCHS, data_path, workdir, env, timings)
+    return logged_waymo_metrics((workdir / 'test.log').read_text(errors='replace')), timings
+
+
+PIPELINES = {'test_tiny_dsvt_learns_cars_on_synthetic_nuscenes': nuscenes_pipeline,
+             'test_tiny_dsvt_learns_vehicles_on_synthetic_waymo': waymo_pipeline}
+
+
+@pytest.fixture(scope='module')
+def learning_runs(request, tmp_path_factory):
+    """{test name: Future of its pipeline}: every selected pipeline starts at once (a failure inside one is raised
+    by its test's `.result()`, with the tool's log tail)."""
+    selected = {item.name for item in request.session.items} & set(PIPELINES)
+    with ThreadPoolExecutor(max_workers=len(PIPELINES)) as pool:
+        yield {name: pool.submit(PIPELINES[name], tmp_path_factory.mktemp(name[:40])) for name in selected}
 
 
 def record(record_property, metrics, timings):
@@ -58,14 +97,8 @@ def record(record_property, metrics, timings):
 
 
 @pytest.mark.slow
-def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(tmp_path, record_property):
-    data_path = tmp_path / 'data'
-    env = tool_env(THREADS)
-    timings = {}
-    make_synthetic_nuscenes(data_path, env, tmp_path, timings)
-    run_dir = train_and_evaluate(NUSCENES_CFG, NUSCENES_EPOCHS, data_path, tmp_path, env, timings)
-
-    metrics = devkit_metrics(run_dir, NUSCENES_EPOCHS)
+def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(learning_runs, record_property):
+    metrics, timings = learning_runs['test_tiny_dsvt_learns_cars_on_synthetic_nuscenes'].result()
     car_ap = metrics['mean_dist_aps']['car']
     car_aps = ', '.join(f'{value:.3f}' for value in metrics['label_aps']['car'].values())
     report = (f'car AP {car_ap:.4f} (@0.5/1/2/4 m: {car_aps}), mAP {metrics["mean_ap"]:.4f}, '
@@ -76,24 +109,9 @@ def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(tmp_path, record_property):
     assert car_ap >= CAR_AP_BAR, f'the tiny DSVT did not learn cars well enough: {report}'
 
 
-def logged_waymo_metrics(log_text):
-    """{'OBJECT_TYPE_TYPE_VEHICLE_LEVEL_1/AP': 0.55, ...} from test.py's log (the evaluator's result string)."""
-    return {key: float(value) for key, value in re.findall(r'^(OBJECT_TYPE_\w+/APH?): ([0-9.]+)$', log_text, re.M)}
-
-
 @pytest.mark.slow
-def test_tiny_dsvt_learns_vehicles_on_synthetic_waymo(tmp_path, record_property):
-    data_path = tmp_path / 'data'
-    env = tool_env(THREADS)
-    timings = {
-        'generate': run_tool(['-m', 'pcdet.datasets.synthetic.waymo', '--root', data_path, *WAYMO_GENERATOR_ARGS,
-                              '--quiet'], env, tmp_path / 'generate.log', timeout=600),
-        'infos': run_tool(['-m', 'pcdet.datasets.waymo.waymo_dataset', '--func', 'create_waymo_infos', '--cfg_file',
-                           WAYMO_CFG, '--data_path', data_path], env, tmp_path / 'infos.log', timeout=300),
-    }
-    train_and_evaluate(WAYMO_CFG, WAYMO_EPOCHS, data_path, tmp_path, env, timings)
-
-    metrics = logged_waymo_metrics((tmp_path / 'test.log').read_text(errors='replace'))
+def test_tiny_dsvt_learns_vehicles_on_synthetic_waymo(learning_runs, record_property):
+    metrics, timings = learning_runs['test_tiny_dsvt_learns_vehicles_on_synthetic_waymo'].result()
     level_1 = {key.replace('OBJECT_TYPE_TYPE_', ''): value for key, value in sorted(metrics.items())
                if 'LEVEL_1' in key}
     report = ', '.join(f'{key} {value:.4f}' for key, value in level_1.items()) + '; '

@@ -62,8 +62,7 @@ def place_objects(config, trajectory, rng):
     if config.ensure_every_class:
         plan += [(catalog.object_kind(name), True) for name in catalog.DETECTION_KINDS]
     detection_kinds = [catalog.object_kind(name) for name in catalog.DETECTION_KINDS]
-    custom_weights = dict(config.kind_weights or ())
-    weights = np.array([custom_weights.get(k.name, k.weight) for k in detection_kinds], dtype=np.float64)
+    weights = np.array(list(config.detection_kind_weights().values()), dtype=np.float64)
     num_extra = max(0, config.num_objects - len(plan))
     extra_kinds = rng.choice(len(detection_kinds), num_extra, p=weights / weights.sum())
     plan += [(detection_kinds[i], False) for i in extra_kinds]

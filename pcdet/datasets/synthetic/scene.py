@@ -89,14 +89,19 @@ class SceneConfig:
             raise ValueError(f'vehicle_profile must be one of {VEHICLE_PROFILES}, got {self.vehicle_profile!r}')
         if self.kind_weights is not None:
             names = [name for name, _ in self.kind_weights]
-            merged = {kind: float(catalog.object_kind(kind).weight) for kind in catalog.DETECTION_KINDS}
-            merged.update({name: float(weight) for name, weight in self.kind_weights if name in merged})
-            values = np.array(list(merged.values()))
+            values = np.array(list(self.detection_kind_weights().values()))
             if (len(names) != len(set(names)) or set(names) - set(catalog.DETECTION_KINDS)
                     or not np.isfinite(values).all() or (values < 0).any() or values.sum() <= 0):
                 raise ValueError(f'kind_weights must give finite, non-negative weights (not all zero after merging '
                                  f'with the catalog), once each, to detection kinds {catalog.DETECTION_KINDS}; '
                                  f'got {self.kind_weights}')
+
+    def detection_kind_weights(self):
+        """{detection kind: relative frequency} in `catalog.DETECTION_KINDS` order: the catalog's weights with
+        `kind_weights` applied (names outside the detection kinds are ignored here and rejected at construction)."""
+        weights = {kind: float(catalog.object_kind(kind).weight) for kind in catalog.DETECTION_KINDS}
+        weights.update({name: float(weight) for name, weight in (self.kind_weights or ()) if name in weights})
+        return weights
 
     def check_times(self):
         """(T,) times at which non-overlap is enforced (both ends included)."""
