@@ -2,7 +2,9 @@
 
 The reference (`reference_measurements` / `reference_ap`) is written independently of the evaluator: plain loops
 over classes, score cutoffs and frames, a per-frame IoU matrix from `boxes_iou3d_gpu`, and an exhaustive
-(itertools) search for the one-to-one assignment of maximum total IoU over pairs at or above the threshold.
+(itertools) search for the one-to-one assignment of maximum total IoU over pairs at or above the threshold. Its AP
+follows the official `ComputeMeanAveragePrecision` (waymo-open-dataset, waymo_open_dataset/metrics/metrics_utils.cc)
+in exact rational arithmetic, so float round-off cannot add or drop an interpolation point.
 """
 import itertools
 import logging
@@ -10,6 +12,7 @@ import math
 import pickle
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -143,6 +146,37 @@ def test_duplicate_detections_are_false_positives():
     measurements = waymo_detection_measurements(preds, gts, ['Vehicle'])['Vehicle'][2]
     assert measurements['tp'][0] == 2 and measurements['fp'][0] == 1 and measurements['fn'][0] == 0
     assert ap(metrics_of(preds, gts)) == pytest.approx(0.3 + 0.05 * 5 / 6 + 0.5, abs=1e-9)
+
+
+def test_recall_gap_that_is_an_exact_multiple_of_the_step_gets_no_extra_point():
+    # 5 GT; predictions TP 0.9, TP 0.8, TP 0.7, FP 0.6, TP 0.5. Operating points per cutoff:
+    #   c <= 0.5: P 4/5, R 4/5;  0.5 < c <= 0.6: P 3/4, R 3/5;  0.6 < c <= 0.7: P 1, R 3/5;  then P 1 at R 2/5, 1/5.
+    # Map: 0.8 -> 0.8, 0.6 -> 1, 0.4 -> 1, 0.2 -> 1, 0 -> 1. The gap 0.8 -> 0.6 is exactly 4 steps of 0.05: the
+    # official loop inserts 0.75, 0.70, 0.65 at 0.8 and stops (0.65 - 0.6 = 0.05 is not > 0.05 + 1e-6).
+    # Area: 0.15 * 0.8 + 0.05 * (0.8 + 1) / 2 + 0.6 * 1 = 0.12 + 0.045 + 0.6 = 0.765.
+    # (In float64, 0.8 - 4 * 0.05 > 0.6; a rule without the tolerance adds a point there and gets 0.76.)
+    gts = [gt_frame(['Vehicle'] * 5, [box(0), box(10), box(20), box(30), box(40)])]
+    preds = [pred_frame(['Vehicle'] * 5, [box(0), box(10), box(20), box(60), box(30)], [0.9, 0.8, 0.7, 0.6, 0.5])]
+    metrics = metrics_of(preds, gts)
+    for level in (1, 2):
+        assert ap(metrics, level=level) == pytest.approx(0.765, abs=1e-9)
+        assert ap(metrics, level=level, metric='APH') == pytest.approx(0.765, abs=1e-9)
+
+
+def test_average_precision_recall_tolerance_is_the_official_1e_minus_6():
+    # Map 0.4 -> 0.5, 0.3 -> 1, 0 -> 1. Gap 0.1 = 2 steps: one point at 0.35 (precision 0.5), none at 0.3.
+    # Area: 0.05 * 0.5 + 0.05 * (0.5 + 1) / 2 + 0.3 * 1 = 0.025 + 0.0375 + 0.3 = 0.3625 (0.35 with a point at 0.3).
+    assert average_precision([0.5, 1.0], [0.4, 0.3]) == pytest.approx(0.3625, abs=1e-12)
+    # Gap 0.1 + 5e-7 (within kError = 1e-6 of 2 steps): still one point, at 0.4000005 - 0.05.
+    # Area: 0.05 * 0.5 + 0.0500005 * 0.75 + 0.3 = 0.362500375.
+    assert average_precision([0.5, 1.0], [0.4 + 5e-7, 0.3]) == pytest.approx(0.362500375, abs=1e-12)
+    # Gap 0.1 + 2e-6 (beyond the tolerance): two points, 0.400002 - 0.05 and 0.400002 - 0.1 = 0.300002, both 0.5.
+    # Area: 0.1 * 0.5 + 2e-6 * 0.75 + 0.3 = 0.3500015.
+    assert average_precision([0.5, 1.0], [0.4 + 2e-6, 0.3]) == pytest.approx(0.3500015, abs=1e-12)
+    # Gaps on the grid through 0: 1.0 -> 0.5 is 10 steps, 0.5 -> 0 too. Map 1 -> 0.5, 0.5 -> 1.
+    # Points 0.95 .. 0.55 at 0.5, then (0.5, 1), 0.45 .. 0.05 at 1, (0, 1).
+    # Area: 0.45 * 0.5 + 0.05 * 0.75 + 0.5 * 1 = 0.225 + 0.0375 + 0.5 = 0.7625.
+    assert average_precision([0.5, 1.0], [1.0, 0.5]) == pytest.approx(0.7625, abs=1e-12)
 
 
 def test_matching_maximises_total_iou_not_score_or_greedy_iou():
@@ -388,30 +422,37 @@ def reference_measurements(pred_annos, gt_annos, class_names):
     return out
 
 
-def reference_ap(points, delta=0.05):
-    """Spec §2.2 AP from (precision, recall) points, written as literally as possible."""
-    table = {0.0: 1.0}
+RECALL_STEP = Fraction(1, 20)  # desired_recall_delta of OpenPCDet's config
+RECALL_K_ERROR = Fraction(1, 10 ** 6)  # kError in ComputeMeanAveragePrecision
+
+
+def reference_ap(points):
+    """Official AP (metrics_utils.cc, ComputeMeanAveragePrecision) of (precision, recall) points, exact arithmetic.
+
+    * table[r] = max precision at recall r; table[0] = 1 (precisions are <= 1).
+    * Walking the recalls from high to low, between neighbours r_hi > r_lo with gap g the official loop
+      `while (last - r_lo > delta + kError) { last -= delta; emit(last, running max) }` emits the k-th point iff
+      g - (k - 1) * delta > delta + kError, i.e. iff k < (g - kError) / delta: n = ceil((g - kError) / delta) - 1
+      points (none if negative) at r_hi - k * delta, all with the max precision over recalls >= r_hi.
+    * The recall-0 point takes its neighbour's precision; trapezoid rule.
+    """
+    table = {Fraction(0): Fraction(1)}
     for precision, recall in points:
-        table[recall] = max(table[recall], precision) if recall in table else precision
-    recalls = sorted(table.keys())[::-1]
-    xs, ys = [recalls[0]], [table[recalls[0]]]
-    best = table[recalls[0]]
-    for recall in recalls[1:]:
-        last_real = xs[-1]
-        inserted = []
-        r = 1
-        while last_real - r * delta > recall:
-            inserted.append(last_real - r * delta)
-            r += 1
-        xs.extend(inserted)
-        ys.extend([best] * len(inserted))
-        best = max(best, table[recall])
-        xs.append(recall)
-        ys.append(best)
-    if len(xs) == 1:
+        precision, recall = Fraction(precision), Fraction(recall)
+        table[recall] = max(table.get(recall, precision), precision)
+    recalls = sorted(table, reverse=True)
+    if len(recalls) == 1:
         return 0.0
+    xs, ys = [recalls[0]], [table[recalls[0]]]
+    for r_hi, r_lo in zip(recalls[:-1], recalls[1:]):
+        carried = max(table[r] for r in recalls if r >= r_hi)
+        count = max(0, math.ceil((r_hi - r_lo - RECALL_K_ERROR) / RECALL_STEP) - 1)
+        xs += [r_hi - k * RECALL_STEP for k in range(1, count + 1)]
+        ys += [carried] * count
+        xs.append(r_lo)
+        ys.append(max(table[r] for r in recalls if r >= r_lo))
     ys[-1] = ys[-2]
-    return sum((xs[i] - xs[i + 1]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1))
+    return float(sum((xs[i] - xs[i + 1]) * (ys[i] + ys[i + 1]) / 2 for i in range(len(xs) - 1)))
 
 
 def reference_metrics(pred_annos, gt_annos, class_names):
@@ -420,10 +461,10 @@ def reference_metrics(pred_annos, gt_annos, class_names):
     for name, per_level in measurements.items():
         for level, rows in per_level.items():
             pr, pr_ha = [], []
-            for tp, fp, fn, ha in rows:
-                recall = tp / (tp + fn) if tp + fn else 0.0
-                precision = tp / (tp + fp) if recall else 1.0
-                precision_ha = ha / (tp + fp) if recall else 1.0
+            for tp, fp, fn, ha in rows:  # exact fractions: the reference AP has no round-off
+                recall = Fraction(tp, tp + fn) if tp + fn else Fraction(0)
+                precision = Fraction(tp, tp + fp) if recall else Fraction(1)
+                precision_ha = Fraction(ha) / (tp + fp) if recall else Fraction(1)
                 pr.append((precision, recall))
                 pr_ha.append((precision_ha, recall))
             metrics[metric_key(name, level, 'AP')] = reference_ap(pr)
@@ -473,6 +514,24 @@ def random_scene(rng):
         gts.append(gt_frame(g_names, g_boxes, g_diff, g_pts))
         preds.append(pred_frame(p_names, p_boxes, p_scores))
     return preds, gts
+
+
+def test_average_precision_agrees_with_reference_on_random_curves():
+    # Operating points of up to 20 GT: recalls k / n land on the 0.05 grid often (n in 1, 2, 4, 5, 10, 20 ...).
+    rng = np.random.default_rng(7)
+    on_grid = 0
+    for _ in range(300):
+        num_gt = int(rng.integers(1, 21))
+        tp = np.sort(rng.integers(0, num_gt + 1, size=int(rng.integers(1, 12))))
+        fp = np.sort(rng.integers(0, 6, size=len(tp)))
+        points = [(Fraction(int(t), int(t + f)) if t else Fraction(1), Fraction(int(t), num_gt))
+                  for t, f in zip(tp, fp)]
+        expected = reference_ap(points)
+        got = average_precision([float(p) for p, _ in points], [float(r) for _, r in points])
+        assert got == pytest.approx(expected, abs=1e-9), points
+        recalls = sorted({r for _, r in points})
+        on_grid += any((hi - lo) % RECALL_STEP == 0 for lo, hi in zip(recalls[:-1], recalls[1:]))
+    assert on_grid >= 50  # many curves have neighbouring recalls an exact multiple of the step apart
 
 
 def test_agrees_with_brute_force_reference_on_random_scenes():

@@ -4,6 +4,10 @@ Reads `det_annos`: one dict per frame (DatasetTemplate.generate_prediction_dicts
 `boxes_lidar (K, 7|9)` [x, y, z, l, w, h, yaw, (vx, vy)] in the keyframe LiDAR frame, `metadata['token']`
 (sample token). Writes `<output_path>/results_nusc.json` (atomic) and the devkit's `metrics_summary.json`,
 `metrics_details.json`. Predictions whose name is not a devkit detection class (e.g. 'ignore') are dropped.
+
+Zero detections (every frame empty, e.g. an early or weak model) score like any submission: a WARNING, then the
+devkit's own evaluation gives AP 0 per class, TP errors 1 (its values for a class without predictions) and
+NDS 0. Only the devkit's prediction filter needs help there (see `run_detection_eval`).
 """
 import json
 import logging
@@ -115,12 +119,52 @@ def format_nuscenes_results(metrics, class_names, version='default'):
     return '\n'.join(lines) + '\n', details
 
 
-def run_detection_eval(nusc, result_path, eval_set, output_dir, verbose=True):
-    """Official devkit evaluation (`detection_cvpr_2019`); returns the metrics_summary dict."""
+def count_result_boxes(nusc_annos):
+    """Number of detections in a devkit result dict (`{'results': {sample_token: [box, ...]}, ...}`)."""
+    return sum(len(boxes) for boxes in nusc_annos['results'].values())
+
+
+def keep_empty_box_sets(filter_eval_boxes):
+    """`filter_eval_boxes` that returns an `EvalBoxes` holding no box at all unchanged, else delegates.
+
+    nuscenes-devkit 1.2.0's `filter_eval_boxes` first reads the class field off the first box it finds
+    (`loaders._get_box_class_field`) and raises `Exception('Error: Invalid box type: None')` when there is none.
+    Filtering an empty set can only give the empty set, which is what this returns.
+    """
+    def filter_keeping_empty(nusc, eval_boxes, *args, **kwargs):
+        if not any(len(boxes) for boxes in eval_boxes.boxes.values()):
+            return eval_boxes
+        return filter_eval_boxes(nusc, eval_boxes, *args, **kwargs)
+    return filter_keeping_empty
+
+
+def run_detection_eval(nusc, result_path, eval_set, output_dir, verbose=True, empty_submission=False):
+    """Official devkit evaluation (`detection_cvpr_2019`); returns the metrics_summary dict.
+
+    `empty_submission=True` (a result json whose sample tokens all map to empty lists): the devkit's
+    `DetectionEval` is built with its prediction filter wrapped by `keep_empty_box_sets`, because the unwrapped
+    filter raises on a set without boxes. Loading, the sample-token check, GT filtering, `evaluate()` (where
+    `accumulate` returns `DetectionMetricData.no_predictions()` for every class) and the metric files are the
+    devkit's. An empty GT set still raises (ValueError) instead of scoring 0.
+    """
+    from unittest import mock
+
     from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection import evaluate as devkit_evaluate
     from nuscenes.eval.detection.evaluate import DetectionEval
-    evaluator = DetectionEval(nusc, config=config_factory('detection_cvpr_2019'), result_path=str(result_path),
-                              eval_set=eval_set, output_dir=str(output_dir), verbose=verbose)
+
+    def build():
+        return DetectionEval(nusc, config=config_factory('detection_cvpr_2019'), result_path=str(result_path),
+                             eval_set=eval_set, output_dir=str(output_dir), verbose=verbose)
+
+    if empty_submission:
+        with mock.patch.object(devkit_evaluate, 'filter_eval_boxes',
+                               keep_empty_box_sets(devkit_evaluate.filter_eval_boxes)):
+            evaluator = build()
+        if not evaluator.gt_boxes.all:
+            raise ValueError(f'nuScenes eval set {eval_set!r} has no GT box within the evaluation ranges')
+    else:
+        evaluator = build()
     evaluator.main(plot_examples=0, render_curves=False)
     with open(Path(output_dir) / 'metrics_summary.json', 'r') as handle:
         return json.load(handle)
@@ -138,9 +182,14 @@ def evaluate_nuscenes(det_annos, class_names, nusc, output_path, eval_set=None, 
     if eval_set is None:
         raise ValueError(f'no default eval set for nuScenes version {nusc.version!r}; pass eval_set=...')
     result_path = output_path / 'results_nusc.json'
-    atomic_save_text(json.dumps(transform_det_annos_to_nusc_annos(det_annos, nusc)), result_path)
+    nusc_annos = transform_det_annos_to_nusc_annos(det_annos, nusc)
+    atomic_save_text(json.dumps(nusc_annos), result_path)
     logger.info(f'nuScenes results written to {result_path}')
+    empty_submission = count_result_boxes(nusc_annos) == 0
+    if empty_submission:
+        logger.warning(f'nuScenes eval: no detections in any of the {len(nusc_annos["results"])} frames (after '
+                       'dropping non-detection classes): every AP is 0, TP errors 1, mAP and NDS 0')
     if eval_set == 'test':
         return f'test split: results written to {result_path} (submit them to the evaluation server)\n', {}
-    metrics = run_detection_eval(nusc, result_path, eval_set, output_path)
+    metrics = run_detection_eval(nusc, result_path, eval_set, output_path, empty_submission=empty_submission)
     return format_nuscenes_results(metrics, class_names, version=eval_set)

@@ -24,8 +24,9 @@ Semantics (spec §2.2; the ambiguous points are settled in docs/WAYMO_EVAL.md):
     [-pi, pi]. precision = TP / (TP + FP), precision_ha = sum(ha) / (TP + FP), recall = TP / (TP + FN); both
     precisions are 1 where recall is 0.
   * AP: recall -> max precision map with (0 -> 1), swept from high to low recall inserting a point every 0.05
-    (desired_recall_delta) that carries the running max precision, the recall-0 entry overridden by its
-    neighbour's precision, trapezoid rule. APH: the same with precision_ha.
+    (desired_recall_delta) that carries the running max precision, while the gap left is more than
+    delta + 1e-6 (the official kError), the recall-0 entry overridden by its neighbour's precision, trapezoid
+    rule. APH: the same with precision_ha.
 
 Speed: IoUs are computed once per class for all (prediction, GT) pairs of the same frame whose circumscribed BEV
 circles meet, batched across frames. The cutoff sweep never re-matches whole frames: the bipartite graph of valid
@@ -53,6 +54,9 @@ IOU_THRESHOLDS = {'Vehicle': 0.7, 'Pedestrian': 0.5, 'Sign': 0.5, 'Cyclist': 0.5
 # OpenPCDet's config: `score_cutoffs.append(i * 0.01)` for i < 100, then 1.0, stored as proto floats (float32).
 SCORE_CUTOFFS = np.array([i * 0.01 for i in range(100)] + [1.0], dtype=np.float32)
 DESIRED_RECALL_DELTA = 0.05
+# `kError` of the official ComputeMeanAveragePrecision: a point is inserted only while the recall gap left
+# is more than delta + RECALL_TOLERANCE, so gaps that are an exact multiple of delta get no extra point.
+RECALL_TOLERANCE = 1e-6
 LEVELS = (1, 2)
 MIN_POINTS_FOR_LEVEL_1 = 5  # difficulty 0 -> LEVEL_1 if num_points_in_gt > 5 else LEVEL_2
 MAX_BOXES_PER_FRAME = 500
@@ -61,7 +65,7 @@ AUTO_PROGRESS_FRAMES = 1000  # progress bars are shown by default from this many
 
 __all__ = ['waymo_detection_metrics', 'waymo_detection_measurements', 'result_str', 'average_precision',
            'metric_key', 'heading_accuracy', 'WAYMO_CLASSES', 'WAYMO_TYPES', 'IOU_THRESHOLDS', 'SCORE_CUTOFFS',
-           'DESIRED_RECALL_DELTA', 'MAX_BOXES_PER_FRAME']
+           'DESIRED_RECALL_DELTA', 'RECALL_TOLERANCE', 'MAX_BOXES_PER_FRAME']
 
 
 def metric_key(class_name, level, metric='AP'):
@@ -77,13 +81,17 @@ def heading_accuracy(heading_pred, heading_gt):
 
 
 def average_precision(precisions, recalls, desired_recall_delta=DESIRED_RECALL_DELTA):
-    """Area under the interpolated precision/recall curve, as the official `ComputeMeanAveragePrecision`.
+    """Area under the interpolated precision/recall curve, as the official `ComputeMeanAveragePrecision`
+    (waymo_open_dataset/metrics/metrics_utils.cc).
 
     1. recall -> max precision over the given (precision, recall) points, plus (recall 0 -> precision 1);
     2. sweep recalls from high to low keeping the running max precision; between two consecutive recalls
-       r_hi > r_lo insert points at r_hi - k * delta (> r_lo) that carry the running max of recalls >= r_hi;
+       r_hi > r_lo insert points at r_hi - k * delta (k = 1, 2, ...) while the previous point is more than
+       delta + RECALL_TOLERANCE above r_lo; they carry the running max of recalls >= r_hi. With the tolerance, a
+       gap that is an exact multiple of delta gets no point at (float round-off of) r_lo itself;
     3. the recall-0 point takes the precision of its neighbour (so the artificial (0, 1) adds no area);
     4. trapezoid rule over the resulting points.
+    Returns 0 when every recall is 0 (no area).
     """
     best = {0.0: 1.0}
     for precision, recall in zip(np.asarray(precisions, np.float64).tolist(),
@@ -93,9 +101,10 @@ def average_precision(precisions, recalls, desired_recall_delta=DESIRED_RECALL_D
     running_max = 0.0
     for recall in sorted(best, reverse=True):
         if curve:
-            start = curve[-1][0]
-            step = 1
-            while start - step * desired_recall_delta > recall:
+            start, step = curve[-1][0], 1
+            # Official: `while (last - r > delta + kError) { last -= delta; emit(last) }`. The points are placed at
+            # start - step * delta rather than by repeated subtraction (same points up to ~1e-16, exact sums).
+            while start - (step - 1) * desired_recall_delta - recall > desired_recall_delta + RECALL_TOLERANCE:
                 curve.append((start - step * desired_recall_delta, running_max))
                 step += 1
         running_max = max(running_max, best[recall])
