@@ -38,9 +38,10 @@ def _load_yaml(path):
     return content
 
 
-def resolve_config_path(path, base_dir=None):
+def resolve_config_path(path, base_dir=None, what=BASE_KEY):
     """Find an included config: relative to `base_dir` (the including file's folder), then CWD, then the repo root
-    and `tools/` (OpenPCDet configs name bases as `cfgs/...` relative to `tools/`)."""
+    and `tools/` (OpenPCDet configs name bases as `cfgs/...` relative to `tools/`). `what` names the path in the
+    error (`'Config file'` for a `--cfg_file`)."""
     path = Path(path)
     if path.is_absolute():
         return path
@@ -52,7 +53,7 @@ def resolve_config_path(path, base_dir=None):
         if candidate.is_file():
             return candidate.resolve()
     tried = ', '.join(str(c) for c in candidates)
-    raise ConfigError(f'{BASE_KEY} {path} not found (tried: {tried})')
+    raise ConfigError(f'{what} {path} not found (tried: {tried})')
 
 
 def merge_new_config(config, new_config, base_dir=None, _chain=()):

@@ -29,8 +29,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 from pcdet.config import cfg_from_list, cfg_from_yaml_file  # noqa: E402
-from pcdet.inference import (PointLayoutError, Predictor, adapt_point_layout,  # noqa: E402
-                             apply_dataset_load_transforms, format_layout)
+from pcdet.config_registry import validate_config  # noqa: E402
+from pcdet.inference import (  # noqa: E402
+    PointLayoutError,
+    Predictor,
+    adapt_point_layout,
+    apply_dataset_load_transforms,
+    format_layout,
+)
 from pcdet.utils.checkpoint import CheckpointMismatchError  # noqa: E402
 from pcdet.utils.point_io import PointFileError, list_point_files, load_points_with_names  # noqa: E402
 from pcdet.utils.visualization import save_bev_png  # noqa: E402
@@ -129,6 +135,7 @@ def main(argv=None):
     cfg = cfg_from_yaml_file(args.cfg_file)
     if args.set_cfgs:
         cfg_from_list(args.set_cfgs, cfg)
+    validate_config(cfg, source=args.cfg_file)
     try:
         files = list_point_files(args.data_path, args.ext)
     except PointFileError as err:

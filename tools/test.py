@@ -5,6 +5,11 @@
     python tools/test.py --cfg_file ... --eval_all [--ckpt_dir DIR] [--start_epoch N] [--max_waiting_mins 30]
     bash tools/scripts/dist_test.sh NGPUS --cfg_file ... --ckpt PATH
 
+Checkpoints (--ckpt, --pretrained_model, every file of --eval_all) load strictly: one that does not fit the config
+exactly (another architecture or head setting) stops with `CheckpointMismatchError` naming the file and the keys,
+and a file torch cannot read stops with `CheckpointReadError`. `--allow_partial_load` evaluates such a model anyway
+and logs a WARNING listing what did not load.
+
 Outputs in `output/<cfg group>/<cfg stem>/<extra_tag>/eval/epoch_<N>/<DATA_SPLIT.test>/<eval_tag>/`:
 `log_eval_<time>.txt`, `result.pkl`, `final_result/data/`; with --eval_all
 `eval/eval_all_default/<eval_tag>/` holds the log, `eval_list_<split>.txt` and `epoch_<N>/<split>/` per checkpoint.
@@ -25,10 +30,19 @@ import torch  # noqa: E402
 from pcdet.config import log_config_to_file  # noqa: E402
 from pcdet.training.distributed import init_dist, single_process_info, split_batch_size  # noqa: E402
 from pcdet.training.eval_loop import epoch_id_from_ckpt, eval_one_epoch, repeat_eval_ckpt  # noqa: E402
-from pcdet.training.run_utils import (build_dataloader, build_network, build_test_parser,  # noqa: E402
-                                      collect_env_info, create_tb_writer, derive_output_dir, load_data_to_device,
-                                      load_params_from_file, parse_config)
+from pcdet.training.run_utils import (  # noqa: E402
+    build_dataloader,
+    build_network,
+    build_test_parser,
+    collect_env_info,
+    create_tb_writer,
+    derive_output_dir,
+    load_data_to_device,
+    load_params_from_file,
+    parse_config,
+)
 from pcdet.utils import common_utils  # noqa: E402
+from pcdet.utils.checkpoint import DEFAULT_MIN_MATCHED_FRACTION, CheckpointMismatchError, CheckpointReadError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,6 +63,22 @@ def eval_output_dir_for(args, cfg, output_dir):
     if args.eval_tag is not None:
         eval_output_dir = eval_output_dir / args.eval_tag
     return eval_output_dir
+
+
+def eval_weight_loader(strict):
+    """`load(model, filename, logger, to_cpu=True)` for evaluation (eval_loop's loader signature): strict unless
+    `--allow_partial_load`; a refusal names what to do in tools/test.py terms."""
+    def load(model, filename, logger, to_cpu=True):
+        try:
+            return load_params_from_file(model, filename, logger, to_cpu=to_cpu, strict=strict)
+        except CheckpointReadError:
+            raise
+        except CheckpointMismatchError as err:
+            hint = ('tools/test.py --allow_partial_load evaluates it anyway (a WARNING lists what did not load)'
+                    if strict else f'--allow_partial_load still refuses a checkpoint that fills fewer than '
+                                   f'{DEFAULT_MIN_MATCHED_FRACTION:.0%} of the model\'s tensors')
+            raise CheckpointMismatchError(f'{err}\n  {hint}') from err
+    return load
 
 
 def main(argv=None):
@@ -89,18 +119,19 @@ def main(argv=None):
                      'evaluate a fine-tuned detector instead (tools/train.py --pretrained_model CKPT)')
         raise SystemExit(2)
 
+    load_weights = eval_weight_loader(strict=not args.allow_partial_load)
     with torch.no_grad():
         if args.eval_all:
             split = cfg.DATA_CONFIG.DATA_SPLIT['test']
             tb_log = create_tb_writer(eval_output_dir / f'tensorboard_{split}', logger) if rank == 0 else None
             model.to(device)
             return repeat_eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt_dir, dist_test=dist_test,
-                                    cfg=cfg, tb_log=tb_log, load_params=load_params_from_file,
+                                    cfg=cfg, tb_log=tb_log, load_params=load_weights,
                                     load_fn=load_data_to_device, device=device)
         if args.pretrained_model is not None:
-            load_params_from_file(model, args.pretrained_model, logger, to_cpu=True, strict=False)
+            load_weights(model, args.pretrained_model, logger, to_cpu=True)
         if args.ckpt is not None:
-            load_params_from_file(model, args.ckpt, logger, to_cpu=True, strict=False)
+            load_weights(model, args.ckpt, logger, to_cpu=True)
         model.to(device)
         return eval_one_epoch(cfg, args, model, test_loader, epoch_id_from_ckpt(args.ckpt), logger,
                               dist_test=dist_test, result_dir=eval_output_dir, load_fn=load_data_to_device,
@@ -108,4 +139,7 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except CheckpointMismatchError as error:  # includes CheckpointReadError; the message names file and keys
+        raise SystemExit(f'tools/test.py: {error}') from None

@@ -21,17 +21,41 @@ if str(ROOT) not in sys.path:
 import datetime  # noqa: E402
 import os  # noqa: E402
 
-
 from pcdet.config import log_config_to_file, save_config_to_file  # noqa: E402
-from pcdet.training import (build_grad_scaler, build_optimizer, build_scheduler, check_remaining_work,  # noqa: E402
-                            eval_checkpoint_list, resolve_amp_mode, resume_from, train_model)
+from pcdet.training import (  # noqa: E402
+    build_grad_scaler,
+    build_optimizer,
+    build_scheduler,
+    check_remaining_work,
+    eval_checkpoint_list,
+    resolve_amp_mode,
+    resume_from,
+    train_model,
+)
+from pcdet.training.checkpointing import CheckpointSaveError, ResumeError, epoch_checkpoints, find_resume_checkpoint  # noqa: E402
+from pcdet.training.distributed import (  # noqa: E402
+    barrier,
+    broadcast_object,
+    convert_sync_bn,
+    init_dist,
+    single_process_info,
+    split_batch_size,
+    unwrap_model,
+    wrap_ddp,
+)
+from pcdet.training.run_utils import (  # noqa: E402
+    build_dataloader,
+    build_network,
+    build_train_parser,
+    collect_env_info,
+    create_tb_writer,
+    derive_output_dir,
+    load_data_to_device,
+    load_params_from_file,
+    load_pretrained_model,
+    parse_config,
+)
 from pcdet.training.train_loop import make_model_func  # noqa: E402
-from pcdet.training.checkpointing import ResumeError, epoch_checkpoints, find_resume_checkpoint  # noqa: E402
-from pcdet.training.distributed import (barrier, broadcast_object, convert_sync_bn, init_dist,  # noqa: E402
-                                        single_process_info, split_batch_size, unwrap_model, wrap_ddp)
-from pcdet.training.run_utils import (build_dataloader, build_network, build_train_parser,  # noqa: E402
-                                      collect_env_info, create_tb_writer, derive_output_dir, load_data_to_device,
-                                      load_params_from_file, load_pretrained_model, parse_config)
 from pcdet.utils import common_utils  # noqa: E402
 from pcdet.utils.file_utils import atomic_save_bytes  # noqa: E402
 
@@ -123,13 +147,10 @@ def main(argv=None):
 
     start_epoch, accumulated_iter, data_seed = 0, 0, None
     if args.resume is not None:
-        resume_arg = args.resume
-        if resume_arg == 'auto':  # rank 0 chooses, every rank loads the same file
-            found = existing[0] if existing else None
-            resume_arg = found if found is not None else 'auto'
-        try:
-            info = resume_from(resume_arg, model, optimizer, lr_scheduler, scaler, ckpt_dir=ckpt_dir, logger=logger,
-                               iters_per_epoch=iters_per_epoch, rank=rank, world_size=world_size)
+        try:  # 'auto': rank 0 listed the candidates, every rank loads the newest readable one of that list
+            info = resume_from(args.resume, model, optimizer, lr_scheduler, scaler, ckpt_dir=ckpt_dir, logger=logger,
+                               iters_per_epoch=iters_per_epoch, rank=rank, world_size=world_size,
+                               candidates=existing if args.resume == 'auto' else None)
             check_remaining_work(info, total_epochs)
         except ResumeError as err:
             logger.error(str(err))
@@ -148,16 +169,20 @@ def main(argv=None):
 
     logger.info(f'**********************Start training {cfg.EXP_GROUP_PATH}/{cfg.TAG}({args.extra_tag})'
                 '**********************')
-    train_model(
-        model, optimizer, train_loader, model_func=make_model_func(device, load_fn=load_data_to_device),
-        lr_scheduler=lr_scheduler,
-        optim_cfg=cfg.OPTIMIZATION, start_epoch=start_epoch, total_epochs=total_epochs, start_iter=accumulated_iter,
-        rank=rank, tb_log=tb_log, ckpt_save_dir=ckpt_dir, train_sampler=train_sampler,
-        ckpt_save_interval=args.ckpt_save_interval, max_ckpt_save_num=args.max_ckpt_save_num,
-        merge_all_iters_to_one_epoch=args.merge_all_iters_to_one_epoch, amp_mode=amp_mode, scaler=scaler,
-        logger=logger, logger_iter_interval=args.logger_iter_interval,
-        ckpt_save_time_interval=args.ckpt_save_time_interval, use_logger_to_record=not args.use_tqdm_to_record,
-        hook_cfg=cfg.get('HOOK', None), data_seed=data_seed, device=device)
+    try:
+        train_model(
+            model, optimizer, train_loader, model_func=make_model_func(device, load_fn=load_data_to_device),
+            lr_scheduler=lr_scheduler,
+            optim_cfg=cfg.OPTIMIZATION, start_epoch=start_epoch, total_epochs=total_epochs,
+            start_iter=accumulated_iter, rank=rank, tb_log=tb_log, ckpt_save_dir=ckpt_dir, train_sampler=train_sampler,
+            ckpt_save_interval=args.ckpt_save_interval, max_ckpt_save_num=args.max_ckpt_save_num,
+            merge_all_iters_to_one_epoch=args.merge_all_iters_to_one_epoch, amp_mode=amp_mode, scaler=scaler,
+            logger=logger, logger_iter_interval=args.logger_iter_interval,
+            ckpt_save_time_interval=args.ckpt_save_time_interval, use_logger_to_record=not args.use_tqdm_to_record,
+            hook_cfg=cfg.get('HOOK', None), data_seed=data_seed, device=device)
+    except CheckpointSaveError as err:  # e.g. disk full: one line naming the file, not a chained traceback
+        logger.error(str(err))
+        raise SystemExit(1) from None
     logger.info(f'**********************End training {cfg.EXP_GROUP_PATH}/{cfg.TAG}({args.extra_tag})'
                 '**********************')
     if tb_log is not None:

@@ -75,8 +75,8 @@ def draw_frames(dataset, class_names, indices, out_dir, predictions=None, score_
             pred_scores=None if prediction is None else prediction['score'],
             pred_names=None if prediction is None else prediction['name'],
             point_cloud_range=dataset.point_cloud_range, score_threshold=score_thresh,
-            title=f'{frame_id}: {len(gt_boxes)} GT boxes' + ('' if prediction is None else
-                                                             f', {int((prediction["score"] >= score_thresh).sum())} predictions'))
+            title=f'{frame_id}: {len(gt_boxes)} GT boxes' + (
+                '' if prediction is None else f', {int((prediction["score"] >= score_thresh).sum())} predictions'))
         written.append(path)
     return written
 

@@ -7,7 +7,7 @@ nuscenes-devkit / TensorFlow are only loaded when their dataset is actually buil
     build_dataset(dataset_cfg, class_names, root_path=None, training=True, logger=None) -> dataset
     build_dataloader(dataset_cfg, class_names, batch_size, dist, root_path=None, workers=4, seed=None, logger=None,
                      training=True, merge_all_iters_to_one_epoch=False, total_epochs=0)
-        -> (dataset, dataloader, sampler)
+        -> (dataset, dataloader, sampler)   training: batches come from a SeededBatchSampler (sample_rng.py)
     apply_disable_augmentation_hook(dataset, hook_cfg, cur_epoch, total_epochs) -> bool
 """
 import importlib
@@ -15,12 +15,13 @@ import math
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from ..config import ConfigError, require_keys
 from ..utils import common_utils
 from .dataset import DatasetTemplate
+from .sample_rng import SeededBatchSampler
 
 DATASET_REGISTRY = {
     'NuScenesDataset': 'pcdet.datasets.nuscenes.nuscenes_dataset:NuScenesDataset',
@@ -85,10 +86,17 @@ def build_dataloader(dataset_cfg, class_names, batch_size, dist, root_path=None,
     else:
         rank, world_size = common_utils.get_dist_info()
         sampler = DistributedEvalSampler(dataset, num_replicas=world_size, rank=rank)
-    dataloader = DataLoader(
-        dataset, batch_size=batch_size, pin_memory=torch.cuda.is_available(), num_workers=workers,
-        shuffle=(sampler is None) and training, collate_fn=dataset.collate_batch, drop_last=False, sampler=sampler,
-        timeout=0, worker_init_fn=partial(common_utils.worker_init_fn, seed=seed), persistent_workers=workers > 0)
+    loader_kwargs = dict(pin_memory=torch.cuda.is_available(), num_workers=workers, collate_fn=dataset.collate_batch,
+                         timeout=0, worker_init_fn=partial(common_utils.worker_init_fn, seed=seed),
+                         persistent_workers=workers > 0)
+    if training:
+        # samples are loaded under RNGs seeded per (data seed, epoch, position, index) once the training loop calls
+        # set_epoch_seed: exact resumes with any number of (persistent) workers, see sample_rng.py
+        batch_sampler = SeededBatchSampler(sampler if sampler is not None else RandomSampler(dataset), batch_size)
+        dataloader = DataLoader(dataset, batch_sampler=batch_sampler, **loader_kwargs)
+    else:
+        dataloader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, sampler=sampler,
+                                **loader_kwargs)
     return dataset, dataloader, sampler
 
 

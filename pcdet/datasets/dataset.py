@@ -35,6 +35,7 @@ from ..config import ConfigError, require_keys
 from .augmentor import DataAugmentor
 from .collate import collate_batch
 from .processor import DataProcessor, PointFeatureEncoder
+from .sample_rng import load_samples
 from .teachers.feature_store import teacher_features_cfg
 
 SECTION = 'DATA_CONFIG'
@@ -44,6 +45,28 @@ TEACHER_FEATURES_KEY = 'point_teacher_features'  # collated by concatenation, li
 
 class _NoBoxesLeft(Exception):
     """Raised inside a resampling attempt whose sample lost all its boxes."""
+
+
+class EmptyDatasetError(ValueError):
+    """A split has no sample at all; the message names the info file(s) and the split."""
+
+
+def check_has_samples(infos, info_source, split, hint=''):
+    """Raise EmptyDatasetError naming `info_source` (e.g. DATA_CONFIG.INFO_PATH's files) and `split` when `infos` is
+    empty: a DataLoader would otherwise fail later with torch's bare 'num_samples=0'."""
+    if len(infos) == 0:
+        raise EmptyDatasetError(f'no samples for split {split!r} in {info_source}: the info list is empty'
+                                + (f'; {hint}' if hint else ''))
+
+
+def check_box_label_lengths(data_dict):
+    """ValueError naming the frame and both lengths unless `gt_names` has one entry per row of `gt_boxes`."""
+    boxes, names = data_dict.get('gt_boxes'), data_dict.get('gt_names')
+    if boxes is None or names is None or len(boxes) == len(names):
+        return
+    raise ValueError(f'frame {data_dict.get("frame_id", "<no frame_id>")}: gt_names has {len(names)} entries but '
+                     f'gt_boxes has {len(boxes)} rows; they must be the same length (one name per box): check the '
+                     f'info / label file of this frame')
 
 
 def lidar_aug_matrix(data_dict):
@@ -134,6 +157,12 @@ class DatasetTemplate(torch_data.Dataset):
     def __getitem__(self, index):
         raise NotImplementedError
 
+    def __getitems__(self, keys):
+        """DataLoader batch fetch: each `SampleKey` of the training loader's SeededBatchSampler is loaded under RNGs
+        seeded from its (data seed, epoch, position, index) so resumes are exact (sample_rng.py); plain indices as
+        `self[index]`."""
+        return load_samples(self, keys)
+
     def evaluation(self, det_annos, class_names, **kwargs):
         raise NotImplementedError
 
@@ -182,6 +211,7 @@ class DatasetTemplate(torch_data.Dataset):
         if self.self_supervised:
             for key in BOX_KEYS:
                 data_dict.pop(key, None)
+        check_box_label_lengths(data_dict)  # else a bare numpy IndexError from the class filter below
         if self.training:
             if not self.self_supervised and 'gt_boxes' not in data_dict:
                 raise KeyError('gt_boxes must be provided for supervised training (or set CLASS_NAMES: [] for '

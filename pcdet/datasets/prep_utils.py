@@ -6,6 +6,8 @@
     InfoSchemaError                              an info file that does not follow its dataset's schema
     validate_info_list(infos, path, problem_of, regenerate_hint)
     load_pickle(path, what, create_hint)         FileNotFoundError / InfoSchemaError naming the file
+    find_missing_files(paths) -> [path]          the paths that do not exist (one os.stat each, tqdm bar when many)
+    check_files_exist(paths, info_source, what)  MissingDataFilesError naming the info file, the count, the first few
     first_box_index(points, boxes, device)       (P,) index of the first 7-dof box containing each point, -1 if none
     GrowingNpy                                   float32 (rows, C) `.npy` written incrementally (memory-mappable)
     GTDatabaseWriter                             atomic build of a GT database (object folder + global .npy + pkl)
@@ -13,9 +15,9 @@
 GT database crash safety (`GTDatabaseWriter`): object `.bin` files and the global `.npy` rows go to a hidden
 temporary folder next to the final one (`.<folder>.tmp-<pid>-<rand>`); `commit(db_infos)` finalises the `.npy`
 header, removes the old pkl, moves the `.npy` and the folder onto their final names, `os.sync()`s (the object
-files are not fsynced one by one) and writes the pkl LAST (atomically). The pkl therefore marks a complete database: an exception or Ctrl-C before `commit` leaves the
-previous complete database (or nothing) and deletes the temporary folder; a hard kill leaves at most a hidden
-`.<folder>.tmp-*` folder, removed by the next build.
+files are not fsynced one by one) and writes the pkl LAST (atomically). The pkl therefore marks a complete database:
+an exception or Ctrl-C before `commit` leaves the previous complete database (or nothing) and deletes the temporary
+folder; a hard kill leaves at most a hidden `.<folder>.tmp-*` folder, removed by the next build.
 """
 import contextlib
 import os
@@ -85,6 +87,43 @@ def load_pickle(path, what='info file', create_hint=''):
         raise InfoSchemaError(f'{what} {path} cannot be unpickled ({type(err).__name__}: {err}): the file is '
                               f'truncated or not a pickle' + (f'; recreate it with: {create_hint}' if create_hint
                                                               else '')) from err
+
+
+class MissingDataFilesError(FileNotFoundError):
+    """Files referenced by an info file do not exist; the message names the info file, the count and examples."""
+
+
+PROGRESS_BAR_MIN_FILES = 10_000  # below this the existence check takes well under a second: no bar
+NUM_MISSING_SHOWN = 5
+
+
+def find_missing_files(paths, desc='checking files'):
+    """The entries of `paths` (in order, duplicates once) that do not exist, with one `os.stat` per distinct path
+    (a tqdm bar when there are more than PROGRESS_BAR_MIN_FILES)."""
+    unique = list(dict.fromkeys(str(path) for path in paths))
+    if len(unique) > PROGRESS_BAR_MIN_FILES:
+        from tqdm import tqdm
+        unique = tqdm(unique, desc=desc, unit='file', dynamic_ncols=True)
+    missing = []
+    for path in unique:
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            missing.append(path)
+    return missing
+
+
+def check_files_exist(paths, info_source, what='files', hint=''):
+    """Raise MissingDataFilesError unless every path exists, naming `info_source` (the info file(s) referencing
+    them), how many of how many distinct paths are missing and the first NUM_MISSING_SHOWN. Checked when a dataset
+    is built, so a missing file cannot surface epochs later when a random draw first reads it."""
+    paths = list(paths)
+    missing = find_missing_files(paths, desc=f'checking {what} of {info_source}')
+    if missing:
+        total = len(set(str(path) for path in paths))
+        raise MissingDataFilesError(
+            f'{info_source}: {len(missing)} of {total} {what} referenced there do not exist, e.g. '
+            f'{missing[:NUM_MISSING_SHOWN]}' + (f'; {hint}' if hint else ''))
 
 
 # ---- points in boxes -----------------------------------------------------------------------------------------------

@@ -25,10 +25,12 @@ import numpy as np
 import torch
 
 from ..config import cfg_from_list, cfg_from_yaml_file
+from ..config_registry import validate_config
 from ..datasets.collate import collate_batch
 from ..datasets.processor import DataProcessor, PointFeatureEncoder
-from ..models.build import build_network_from_cfg, load_data_to_device
-from ..utils.checkpoint import CheckpointMismatchError, load_params_from_file
+from ..models.build import build_network_from_cfg
+from ..utils.batching import load_data_to_device
+from ..utils.checkpoint import CheckpointMismatchError, CheckpointReadError, load_params_from_file
 
 # DATA_PROCESSOR steps that do not change what a frame contains, only its order; skipped so predictions are
 # reproducible (the model is order-invariant up to float summation order).
@@ -184,7 +186,11 @@ class Predictor:
         device, load_report (`pcdet.utils.checkpoint.LoadReport` or None).
     Raises:
         CheckpointMismatchError when the checkpoint was made for another architecture / config (the message lists
-        the per-module load counts and the offending keys).
+        the per-module load counts and the offending keys); its subclass CheckpointReadError when torch cannot
+        read the file at all.
+    Warns:
+        UpstreamCheckpointWarning (and a logger WARNING) when a checkpoint not written by pcdet (an upstream
+        release) goes into a DSVT whose upstream-quirk COMPAT switches are off (docs/DSVT.md "Compat switches").
     """
 
     def __init__(self, cfg, checkpoint_path=None, device='cpu', logger=None, cfg_file=None):
@@ -217,6 +223,8 @@ class Predictor:
             try:
                 self.load_report = load_params_from_file(self.model, checkpoint_path, logger=self.logger,
                                                          to_cpu=True, strict=True)
+            except CheckpointReadError:
+                raise  # not a checkpoint at all: its message names the file, the model is not the question
             except CheckpointMismatchError as err:
                 source = self.cfg_file or f'MODEL.NAME={cfg.MODEL.NAME}'
                 raise CheckpointMismatchError(f'the checkpoint does not fit the model built from {source}:\n{err}') \
@@ -237,6 +245,7 @@ class Predictor:
         cfg = cfg_from_yaml_file(cfg_file)
         if set_cfgs:
             cfg_from_list(list(set_cfgs), cfg)
+        validate_config(cfg, source=str(cfg_file))
         return cls(cfg, checkpoint_path, device=device, logger=logger, cfg_file=cfg_file)
 
     # ---- preprocessing ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Build a detector from a config, with or without a dataset object; move batches to a device.
+"""Build a detector from a config, with or without a dataset object.
 
 OpenPCDet needed a dataset instance to build a model (grid size, ranges and point features came from it). Here
 the same numbers can come from the config alone:
@@ -7,18 +7,17 @@ the same numbers can come from the config alone:
     model = build_network(cfg.MODEL, num_class=len(cfg.CLASS_NAMES), class_names=cfg.CLASS_NAMES, **geometry)
 
 or, as upstream, `build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=train_set)`.
-`build_network_from_cfg(cfg)` is the one-liner for a full experiment config.
+`build_network_from_cfg(cfg)` is the one-liner for a full experiment config. `load_data_to_device` /
+`load_data_to_gpu` live in `pcdet.utils.batching` and are re-exported here.
 """
 import numpy as np
-import torch
 
+from ..utils.batching import SKIP_KEYS, load_data_to_device, load_data_to_gpu  # noqa: F401 (re-export)
 from .detectors import build_detector
 from .detectors.detector3d_template import ModelGeometry
 
 # DATA_PROCESSOR entries that define the voxel grid.
 _VOXEL_PROCESSORS = ('transform_points_to_voxels', 'transform_points_to_voxels_placeholder')
-# batch_dict keys that load_data_to_device leaves alone (strings / metadata), as upstream's load_data_to_gpu.
-SKIP_KEYS = ('frame_id', 'metadata', 'calib', 'image_paths', 'ori_shape', 'img_process_infos')
 
 
 def _get(cfg, key, default=None):
@@ -127,35 +126,3 @@ def build_network_from_cfg(cfg):
     """`build_network` for a full experiment config (`MODEL`, `CLASS_NAMES`, `DATA_CONFIG`), no dataset needed."""
     geometry = model_geometry_from_data_config(cfg.DATA_CONFIG)
     return build_network(cfg.MODEL, num_class=len(cfg.CLASS_NAMES), class_names=list(cfg.CLASS_NAMES), **geometry)
-
-
-def load_data_to_device(batch_dict, device):
-    """Move a collated batch to `device` in place (and return it), with upstream `load_data_to_gpu` semantics.
-
-    Every `np.ndarray` value becomes a float32 tensor on `device` (integer arrays too, e.g. `voxel_coords`;
-    modules cast with `.long()`), except `image_shape` (int32), keys in `SKIP_KEYS`, and non-numeric arrays
-    (strings / objects), which stay as they are. Tensors already in the batch are moved to `device`;
-    other values (e.g. `batch_size`) are untouched.
-    """
-    device = torch.device(device)
-    for key, val in batch_dict.items():
-        if key in SKIP_KEYS:
-            continue
-        if isinstance(val, torch.Tensor):
-            batch_dict[key] = val.to(device)
-        elif not isinstance(val, np.ndarray):
-            continue
-        elif val.dtype.kind not in 'biuf':
-            continue
-        elif key == 'image_shape':
-            batch_dict[key] = torch.from_numpy(val).int().to(device)
-        else:
-            batch_dict[key] = torch.from_numpy(val).float().to(device)
-    return batch_dict
-
-
-def load_data_to_gpu(batch_dict, device=None):
-    """OpenPCDet name: `load_data_to_device` on `device` (default: CUDA when available, else CPU)."""
-    if device is None:
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return load_data_to_device(batch_dict, device)

@@ -123,7 +123,7 @@ def _bounding_box(coords):
         return [0] * coords.shape[1], [1] * coords.shape[1]
     lo = coords.min(0).values.tolist()
     hi = coords.max(0).values.tolist()
-    extent = [h - l + 1 for l, h in zip(lo, hi)]
+    extent = [high - low + 1 for low, high in zip(lo, hi)]
     volume = 1
     for e in extent:
         volume *= e
@@ -168,7 +168,7 @@ class CoordinateIndex:
     def __init__(self, coords):
         coords = coords.long()
         self.lo, self.extent = _bounding_box(coords)
-        self.hi = [l + e - 1 for l, e in zip(self.lo, self.extent)]
+        self.hi = [low + size - 1 for low, size in zip(self.lo, self.extent)]
         self.sorted_keys, self.order = torch.sort(_linear_keys(coords, self.lo, self.extent))
         if self.sorted_keys.numel() > 1 and bool((self.sorted_keys[1:] == self.sorted_keys[:-1]).any()):
             raise ValueError('sparse coordinates contain duplicate rows; quantise and take unique voxels first')

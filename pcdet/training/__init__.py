@@ -11,8 +11,16 @@
 
 Importing this package imports torch only (tensorboardX, tqdm, datasets and models are imported where used).
 """
-from .checkpointing import (ResumeError, ResumeInfo, check_remaining_work, checkpoint_state, find_resume_checkpoint,
-                            prune_checkpoints, resume_from, save_checkpoint)
+from .checkpointing import (
+    ResumeError,
+    ResumeInfo,
+    check_remaining_work,
+    checkpoint_state,
+    find_resume_checkpoint,
+    prune_checkpoints,
+    resume_from,
+    save_checkpoint,
+)
 from .distributed import DistInfo, init_dist, split_batch_size, unwrap_model, wrap_ddp
 from .eval_loop import eval_checkpoint_list, eval_one_epoch, repeat_eval_ckpt
 from .optimization import build_optimizer

@@ -1,9 +1,12 @@
 """Checkpoint save side and explicit resume (spec §1.10, §6 item 7).
 
     checkpoint_state(model, optimizer, epoch, it, scheduler=None, scaler=None) -> dict
-    save_checkpoint(state, filename)                 # atomic: temp file + rename; returns the final path
+    save_checkpoint(state, filename)                 # atomic: temp file + rename; returns the final path;
+                                                     # CheckpointSaveError (an OSError) names the file
     prune_checkpoints(ckpt_dir, max_keep)            # keep the last N `checkpoint_epoch_<N>.pth` by epoch number
-    find_resume_checkpoint(ckpt_dir)                 # newest checkpoint for `--resume auto` (None if none)
+    find_resume_checkpoint(ckpt_dir)                 # candidates for `--resume auto`, newest first
+    remove_stale_temp_files(ckpt_dir, logger=None)   # temp files of saves cut short by a kill; removed on resume
+    load_checkpoint_file(path)                       # CorruptCheckpointError naming an unreadable file
     resume_from(path_or_auto, model, optimizer=None, scheduler=None, scaler=None, ckpt_dir=None, logger=None,
                 iters_per_epoch=None) -> ResumeInfo
 
@@ -20,7 +23,10 @@ Checkpoint layout (a superset of upstream's, so OpenPCDet/DSVT tools read ours a
 Files use torch's zipfile format and contain only tensors and plain Python values (loadable with
 `torch.load(weights_only=True)`).
 """
+import errno
+import pickle
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +38,20 @@ from .distributed import get_rng_state, set_rng_state, unwrap_model
 
 CKPT_PATTERN = re.compile(r'checkpoint_epoch_(\d+)\.pth$')
 LATEST_NAME = 'latest_model.pth'
+# pcdet.utils.file_utils.atomic_write's temporary sibling of a checkpoint: `.<name>.pth.<random>.tmp`
+TEMP_PATTERN = re.compile(r'^\..+\.pth\.[^.]+\.tmp$')
 
 
 class ResumeError(RuntimeError):
     """A resume request cannot be honoured; the message says why and what to do."""
+
+
+class CorruptCheckpointError(ResumeError):
+    """A checkpoint file cannot be read (truncated, not a torch file); the message names it."""
+
+
+class CheckpointSaveError(OSError):
+    """Writing a checkpoint failed (e.g. disk full); the message names the file. The previous file is intact."""
 
 
 def model_state_to_cpu(model_state):
@@ -52,6 +68,7 @@ def checkpoint_state(model=None, optimizer=None, epoch=None, it=None, scheduler=
         'epoch': epoch,
         'it': it,
         'version': f'pcdet+{__version__}',
+        'pcdet_version': __version__,  # marker: written by pcdet, not upstream (pcdet.utils.checkpoint)
         'scheduler_state': scheduler.state_dict() if scheduler is not None else None,
         'scaler_state': scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         'rng_state': get_rng_state(),
@@ -64,9 +81,25 @@ def save_checkpoint(state, filename='checkpoint'):
     filename = Path(filename)
     if filename.suffix != '.pth':
         filename = filename.with_name(filename.name + '.pth')
-    with atomic_write(filename, 'wb') as handle:
-        torch.save(state, handle)
+    try:
+        with atomic_write(filename, 'wb') as handle:
+            torch.save(state, handle)
+    except OSError as err:
+        raise CheckpointSaveError(err.errno, save_error_message(filename, err)) from err
     return filename
+
+
+def save_error_message(filename, err):
+    """One line naming `filename`, the cause and that the previous file is unchanged (atomic_write's guarantee)."""
+    if err.errno in (errno.ENOSPC, getattr(errno, 'EDQUOT', errno.ENOSPC)):
+        try:
+            free = f'{shutil.disk_usage(filename.parent).free / 2 ** 20:.0f} MiB free there now'
+        except OSError:
+            free = 'free space unknown'
+        cause = f'no space left on device ({free}); free disk space or lower --max_ckpt_save_num'
+    else:
+        cause = err.strerror or str(err)
+    return f'cannot save checkpoint {filename}: {cause}. Any previous {filename.name} is unchanged.'
 
 
 def epoch_checkpoints(ckpt_dir):
@@ -102,17 +135,50 @@ def find_resume_checkpoint(ckpt_dir):
     return sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
+def remove_stale_temp_files(ckpt_dir, logger=None):
+    """Delete the temporary files (`.<name>.pth.<random>.tmp`) that a save killed mid-write (SIGKILL, power loss)
+    leaves in `ckpt_dir`, with a warning naming them; returns the removed paths. Only call it when no save of this
+    run can be in progress (at resume, before training starts)."""
+    ckpt_dir = Path(ckpt_dir)
+    stale = sorted(p for p in ckpt_dir.iterdir() if TEMP_PATTERN.match(p.name) and p.is_file()) \
+        if ckpt_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale and logger is not None:
+        logger.warning(f'Removed {len(stale)} temporary file(s) of interrupted checkpoint saves: '
+                       f'{[str(p) for p in stale]}')
+    return stale
+
+
 def load_checkpoint_file(path, map_location='cpu', logger=None):
     """`torch.load` with `weights_only=True`; falls back to full unpickling (logged) for old checkpoints that hold
-    other Python objects. Only load checkpoints you trust."""
+    other Python objects (only load checkpoints you trust). A file torch cannot read at all (truncated by a crash
+    or a full disk, not a torch file) raises CorruptCheckpointError naming it."""
+    path = Path(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError or similar for non-allowlisted globals
-        if isinstance(err, (FileNotFoundError, IsADirectoryError)):
-            raise
-        if logger is not None:
-            logger.warning(f'{path}: weights_only load failed ({type(err).__name__}); loading with full unpickling')
-        return torch.load(path, map_location=map_location, weights_only=False)
+    except (FileNotFoundError, IsADirectoryError):
+        raise
+    except pickle.UnpicklingError as err:  # weights_only refused a global (or the file is not a pickle at all)
+        first_error = err
+    except Exception as err:  # zip reader errors (RuntimeError), EOFError, ...: the file itself is damaged
+        raise CorruptCheckpointError(corrupt_message(path, err)) from err
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CorruptCheckpointError(corrupt_message(path, err)) from first_error
+    if logger is not None:
+        logger.warning(f'{path}: weights_only load failed ({type(first_error).__name__}); loaded with full '
+                       'unpickling')
+    return checkpoint
+
+
+def corrupt_message(path, err):
+    """One line naming the unreadable `path`, its size and the first line of torch's error."""
+    size = path.stat().st_size if path.is_file() else 0
+    reason = (str(err).splitlines() or [''])[0] or 'no details'
+    return (f'checkpoint {path} ({size} bytes) is unreadable ({type(err).__name__}: {reason}): truncated by a crash '
+            'or a full disk, or not a torch checkpoint')
 
 
 SCHEDULED_KEYS = ('lr', 'betas', 'momentum')
@@ -151,31 +217,51 @@ def _strip_module_prefix(state):
     return state
 
 
-def resume_from(path_or_auto, model, optimizer=None, scheduler=None, scaler=None, ckpt_dir=None, logger=None,
-                iters_per_epoch=None, rank=0, world_size=1, restore_rng=True):
-    """Restore a training run. `path_or_auto`: a checkpoint path, or 'auto' for the newest in `ckpt_dir`.
+def load_newest_readable(candidates, logger=None):
+    """`(path, checkpoint)` of the first readable file of `candidates` (newest first); each unreadable one is skipped
+    with a warning naming it. CorruptCheckpointError listing them all when none is readable."""
+    problems = []
+    for path in candidates:
+        try:
+            return Path(path), load_checkpoint_file(path, map_location='cpu', logger=logger)
+        except CorruptCheckpointError as err:
+            problems.append(str(err))
+            if logger is not None:
+                logger.warning(f'--resume auto: skipping {err}; trying the next newest checkpoint')
+    raise CorruptCheckpointError('--resume auto: no readable checkpoint: ' + '; '.join(problems)
+                                 + '. Resume from a copy with --resume PATH, or start over with --overwrite.')
 
+
+def resume_from(path_or_auto, model, optimizer=None, scheduler=None, scaler=None, ckpt_dir=None, logger=None,
+                iters_per_epoch=None, rank=0, world_size=1, restore_rng=True, candidates=None):
+    """Restore a training run. `path_or_auto`: a checkpoint path, or 'auto' for the newest readable checkpoint in
+    `ckpt_dir` (or of `candidates`, newest first, when rank 0 listed them for all ranks); unreadable files
+    (truncated by a kill or a full disk) are skipped with a warning naming them.
+
+    Rank 0 first removes temporary files of interrupted saves from `ckpt_dir` (warning naming them).
     Restores model (strict), optimizer, scheduler, AMP scaler, RNG state (this rank's, when the world size matches),
     epoch and iteration, and logs each item; items absent from the checkpoint (e.g. an upstream OpenPCDet file) are
     logged as such. Returns a ResumeInfo; with 'auto' and no checkpoint, `ResumeInfo(path=None)` (fresh start, logged).
     Call it right before training: it resets the RNGs.
     """
     log = logger.info if logger is not None else (lambda *_: None)
+    if ckpt_dir is not None and rank == 0:
+        remove_stale_temp_files(ckpt_dir, logger)
     if str(path_or_auto) == 'auto':
-        if ckpt_dir is None:
+        if ckpt_dir is None and candidates is None:
             raise ResumeError('--resume auto needs the run\'s checkpoint folder')
-        candidates = find_resume_checkpoint(ckpt_dir)
+        candidates = find_resume_checkpoint(ckpt_dir) if candidates is None else [Path(c) for c in candidates]
         if not candidates:
             log(f'--resume auto: no checkpoint in {ckpt_dir}; starting from scratch')
             return ResumeInfo()
-        path = candidates[0]
-        log(f'--resume auto: newest checkpoint is {path}')
+        path, ckpt = load_newest_readable(candidates, logger)
+        log(f'--resume auto: newest readable checkpoint is {path}')
     else:
         path = Path(path_or_auto)
         if not path.is_file():
             raise ResumeError(f'--resume {path}: no such checkpoint file')
+        ckpt = load_checkpoint_file(path, map_location='cpu', logger=logger)
 
-    ckpt = load_checkpoint_file(path, map_location='cpu', logger=logger)
     if not isinstance(ckpt, dict) or 'model_state' not in ckpt:
         raise ResumeError(f'{path} is not a training checkpoint (no model_state); use --pretrained_model for '
                           'weights-only files')

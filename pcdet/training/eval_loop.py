@@ -62,7 +62,7 @@ def _as_number(value):
 
 
 def _default_load_fn():
-    from ..models.build import load_data_to_device  # lazy: only needed with real models
+    from ..utils.batching import load_data_to_device  # lazy: only needed with real models
     return load_data_to_device
 
 
@@ -188,7 +188,8 @@ def eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=Fal
 
 def _default_load_params(model, filename, logger, to_cpu):
     from ..utils.checkpoint import load_params_from_file  # lazy: another module owns the load side
-    load_params_from_file(model, filename, logger, to_cpu=to_cpu, strict=False)
+    # strict: evaluating a partly random model (another config / architecture) must fail, not report metrics
+    load_params_from_file(model, filename, logger, to_cpu=to_cpu, strict=True)
 
 
 def _read_record(record_file):

@@ -29,6 +29,8 @@ import logging
 import torch
 from torch import nn
 
+from ..config_schema import REQUIRED, Schema
+
 # Upstream's split (fastai `bn_types`): only these go to the second group; LayerNorm and SyncBatchNorm do not.
 UPSTREAM_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 # With NO_WEIGHT_DECAY_BN_BIAS every normalisation layer's parameters (and every bias) are exempt from decay.
@@ -36,6 +38,34 @@ NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.mo
               nn.LocalResponseNorm)
 ADAMW_OPTIMIZERS = ('adam_onecycle', 'adam_cosineanneal')
 SUPPORTED_OPTIMIZERS = ('adam', 'sgd') + ADAMW_OPTIMIZERS
+
+# Every OPTIMIZATION key, read here, in schedulers.py, train_loop.py and the tools.
+OPTIMIZATION_SCHEMA = Schema('OPTIMIZATION', {
+    'OPTIMIZER': REQUIRED,                      # adam | sgd | adam_onecycle | adam_cosineanneal
+    'LR': REQUIRED,
+    'NUM_EPOCHS': REQUIRED,
+    'BATCH_SIZE_PER_GPU': REQUIRED,
+    'WEIGHT_DECAY': 0.0,
+    'MOMENTUM': 0.9,                            # sgd
+    'BETAS': None,                              # adamw family; None: (0.9, 0.99)
+    'NO_WEIGHT_DECAY_BN_BIAS': False,
+    'COMPAT_LEAF_MODULE_PARAM_GROUPS': False,   # upstream adam_onecycle parameter collection
+    'MOMS': [0.95, 0.85],                       # one-cycle / cosine momentum range
+    'DIV_FACTOR': 10,
+    'PCT_START': 0.4,
+    'WARMUP_ITER': 0,                           # adam_cosineanneal
+    'LR_WARMUP': False,                         # step decay warm-up
+    'WARMUP_EPOCH': 1,
+    'DECAY_STEP_LIST': [],
+    'LR_DECAY': 0.1,
+    'LR_CLIP': 0.0,
+    'GRAD_NORM_CLIP': 0,                        # 0: no clipping
+    'MAX_CONSECUTIVE_NONFINITE': 100,           # skipped non-finite steps in a row before training stops
+    'AMP': None,                                # bf16 | fp16 | off
+    'USE_AMP': False,                           # upstream's fp16 switch
+    'LOSS_SCALE_FP16': None,                    # initial fp16 loss scale; None: 2**16
+    'FIND_UNUSED_PARAMETERS': False,            # DDP
+})
 
 logger = logging.getLogger('pcdet')
 
@@ -97,9 +127,10 @@ def build_optimizer(model, optim_cfg):
     if name not in SUPPORTED_OPTIMIZERS:
         raise ValueError(f'OPTIMIZATION.OPTIMIZER: unknown optimizer {name!r}; supported: {SUPPORTED_OPTIMIZERS}')
     lr = float(optim_cfg.LR)
-    weight_decay = float(optim_cfg.get('WEIGHT_DECAY', 0.0) or 0.0)
-    no_decay = bool(optim_cfg.get('NO_WEIGHT_DECAY_BN_BIAS', False))
-    compat = bool(optim_cfg.get('COMPAT_LEAF_MODULE_PARAM_GROUPS', False))
+    read = OPTIMIZATION_SCHEMA.get
+    weight_decay = float(read(optim_cfg, 'WEIGHT_DECAY') or 0.0)
+    no_decay = bool(read(optim_cfg, 'NO_WEIGHT_DECAY_BN_BIAS'))
+    compat = bool(read(optim_cfg, 'COMPAT_LEAF_MODULE_PARAM_GROUPS'))
 
     main, second, skipped = collect_param_groups(model, no_decay_bn_bias=no_decay, compat_leaf_modules=compat)
     if compat and skipped:
@@ -115,7 +146,7 @@ def build_optimizer(model, optim_cfg):
         # Upstream always builds two groups (BN split); keep that layout so optimizer states line up.
         groups = [group(main, 'decay' if no_decay else 'main', weight_decay),
                   group(second, 'no_decay' if no_decay else 'bn', 0.0 if no_decay else weight_decay)]
-        betas = tuple(optim_cfg.get('BETAS', None) or (0.9, 0.99))
+        betas = tuple(read(optim_cfg, 'BETAS') or (0.9, 0.99))
         return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
 
     # adam / sgd: upstream uses `model.parameters()`, i.e. one group, unless no-decay is requested.
@@ -125,7 +156,7 @@ def build_optimizer(model, optim_cfg):
         groups = [group(main + second, 'main', weight_decay)]
     if name == 'adam':
         return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=float(optim_cfg.get('MOMENTUM', 0.9)))
+    return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=float(read(optim_cfg, 'MOMENTUM')))
 
 
 def optimizer_param_names(model, optimizer):

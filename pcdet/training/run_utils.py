@@ -9,6 +9,7 @@ environment report, TensorBoard writer.
     create_tb_writer(log_dir, logger=None) -> tensorboardX.SummaryWriter | None
 """
 import argparse
+import logging
 import os
 import platform
 import subprocess
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..config import ROOT_DIR, cfg_from_list, cfg_from_yaml_file, resolve_config_path
+from ..config_registry import validate_config
 
 
 def _common_args(parser):
@@ -41,10 +43,21 @@ def _common_args(parser):
     return parser
 
 
+def _epochs_arg(text):
+    """`--epochs` value: an int >= 1 (0 would only fail later, inside the LR scheduler)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--epochs must be an integer >= 1, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'--epochs must be >= 1, got {value}')
+    return value
+
+
 def build_train_parser():
     parser = argparse.ArgumentParser(description='pcdet training (OpenPCDet-compatible flags)')
     _common_args(parser)
-    parser.add_argument('--epochs', type=int, default=None, help='default: OPTIMIZATION.NUM_EPOCHS')
+    parser.add_argument('--epochs', type=_epochs_arg, default=None, help='default: OPTIMIZATION.NUM_EPOCHS')
     parser.add_argument('--resume', type=str, default=None, metavar='auto|PATH',
                         help="continue a run: 'auto' = newest checkpoint in this run's ckpt/ folder, or a path")
     parser.add_argument('--ckpt', type=str, default=None, help='OpenPCDet alias of --resume PATH')
@@ -80,6 +93,10 @@ def build_test_parser():
                         help='evaluate every checkpoint_epoch_*.pth in --ckpt_dir, polling for new ones')
     parser.add_argument('--ckpt_dir', type=str, default=None, help="default: this run's ckpt/ folder")
     parser.add_argument('--infer_time', action='store_true', default=False, help='report model forward time')
+    parser.add_argument('--allow_partial_load', action='store_true', default=False,
+                        help='evaluate even when --ckpt / --pretrained_model does not fit the model exactly '
+                             '(default: refuse with CheckpointMismatchError); what did not load is logged as a '
+                             'WARNING')
     return parser
 
 
@@ -104,13 +121,14 @@ def derive_output_dir(cfg_file, extra_tag='default', output_root=None):
 def parse_config(args):
     """Resolve and load `args.cfg_file`, apply `--set`, record TAG / EXP_GROUP_PATH; also sets
     `args.cfg_file` to the resolved path."""
-    cfg_path = resolve_config_path(args.cfg_file)
+    cfg_path = resolve_config_path(args.cfg_file, what='Config file')
     args.cfg_file = str(cfg_path)
     cfg = cfg_from_yaml_file(cfg_path)
     cfg.TAG = cfg_path.stem
     cfg.EXP_GROUP_PATH = exp_group_path(cfg_path)
     if args.set_cfgs:
         cfg_from_list(args.set_cfgs, cfg)
+    validate_config(cfg, source=str(cfg_path))
     return cfg
 
 
@@ -165,13 +183,20 @@ def build_network(*args, **kwargs):
 
 
 def load_data_to_device(batch_dict, device):
-    from ..models.build import load_data_to_device as impl
+    from ..utils.batching import load_data_to_device as impl
     return impl(batch_dict, device)
 
 
-def load_params_from_file(model, filename, logger, to_cpu=True, strict=False):
+def load_params_from_file(model, filename, logger, to_cpu=True, strict=True):
+    """Load weights for evaluation: strict by default (a checkpoint of another architecture raises
+    `CheckpointMismatchError` naming the file and keys). `strict=False` (test.py --allow_partial_load) loads what
+    matches and logs a WARNING listing what did not load. Returns the `LoadReport`."""
     from ..utils.checkpoint import load_params_from_file as impl
-    return impl(model, filename, logger, to_cpu=to_cpu, strict=strict)
+    from ..utils.checkpoint import partial_load_warning
+    report = impl(model, filename, logger, to_cpu=to_cpu, strict=strict)
+    if not report.is_exact:
+        (logger or logging.getLogger('pcdet')).warning(partial_load_warning(report))
+    return report
 
 
 def load_pretrained_model(model, filename, pretrained_cfg, logger):

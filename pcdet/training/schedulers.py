@@ -205,19 +205,22 @@ def build_scheduler(optimizer, total_iters_each_epoch, total_epochs, optim_cfg):
     total_epochs = int(total_epochs)
     if total_iters_each_epoch <= 0:
         raise ValueError('build_scheduler: the training loader has no batches (empty dataset or split?)')
-    name = optim_cfg.OPTIMIZER
-    lr = float(optim_cfg.LR)
-    moms = tuple(optim_cfg.get('MOMS', (0.95, 0.85)))
+    from .optimization import OPTIMIZATION_SCHEMA
+
+    def read(key):
+        return OPTIMIZATION_SCHEMA.get(optim_cfg, key)
+    name = read('OPTIMIZER')
+    lr = float(read('LR'))
+    moms = tuple(read('MOMS'))
     if name == 'adam_onecycle':
         return OneCycle(optimizer, total_iters_each_epoch * total_epochs, lr, moms,
-                        float(optim_cfg.get('DIV_FACTOR', 10)), float(optim_cfg.get('PCT_START', 0.4)))
+                        float(read('DIV_FACTOR')), float(read('PCT_START')))
     if name == 'adam_cosineanneal':
         return CosineAnnealing(optimizer, total_iters_each_epoch, total_epochs, lr, moms,
-                               float(optim_cfg.get('PCT_START', 0.4)), int(optim_cfg.get('WARMUP_ITER', 0)))
+                               float(read('PCT_START')), int(read('WARMUP_ITER')))
     warmup_iters, eta_min = 0, None
-    if optim_cfg.get('LR_WARMUP', False):
-        warmup_iters = int(float(optim_cfg.get('WARMUP_EPOCH', 1)) * total_iters_each_epoch)
-        eta_min = lr / float(optim_cfg.get('DIV_FACTOR', 10))
-    return StepDecay(optimizer, total_iters_each_epoch, lr, optim_cfg.get('DECAY_STEP_LIST', []),
-                     float(optim_cfg.get('LR_DECAY', 0.1)), float(optim_cfg.get('LR_CLIP', 0.0)),
-                     warmup_iters, eta_min)
+    if read('LR_WARMUP'):
+        warmup_iters = int(float(read('WARMUP_EPOCH')) * total_iters_each_epoch)
+        eta_min = lr / float(read('DIV_FACTOR'))
+    return StepDecay(optimizer, total_iters_each_epoch, lr, read('DECAY_STEP_LIST'),
+                     float(read('LR_DECAY')), float(read('LR_CLIP')), warmup_iters, eta_min)

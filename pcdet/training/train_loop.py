@@ -18,10 +18,13 @@ flag and any tensor-valued tb_dict entries (needed for the skip decision anyway)
 
 Data order: every epoch the sampler is re-seeded as a function of `(data_seed, epoch)` (`set_epoch` for a
 DistributedSampler, a seeded generator for a RandomSampler), and the DataLoader's worker base seed likewise, so
-creating an iterator never consumes the global RNG. Together with the RNG state stored in checkpoints this makes a
-resume at an epoch boundary reproduce the uninterrupted run exactly (deterministic kernels, num_workers=0 or
-non-persistent workers seeded by `worker_init_fn`), and a mid-epoch resume (`latest_model.pth`) continue with the
-remaining batches of the same epoch order without loading the skipped ones.
+creating an iterator never consumes the global RNG. A `SeededBatchSampler` (pcdet.datasets' training loaders) also
+gets `(epoch, data_seed)`: each sample's augmentation draws are then a function of (data_seed, epoch, position,
+index), independent of which process loads it and of what it loaded before (pcdet/datasets/sample_rng.py).
+Together with the RNG state stored in checkpoints this makes a resume at an epoch boundary reproduce the
+uninterrupted run exactly (deterministic kernels; any number of workers with a SeededBatchSampler, else
+num_workers=0 or non-persistent workers seeded by `worker_init_fn`), and a mid-epoch resume (`latest_model.pth`)
+continue with the remaining batches of the same epoch order without loading the skipped ones.
 """
 import itertools
 import logging
@@ -35,6 +38,7 @@ from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from .checkpointing import LATEST_NAME, checkpoint_state, prune_checkpoints, save_checkpoint
 from .distributed import gather_rng_states, is_dist, unwrap_model
+from .optimization import OPTIMIZATION_SCHEMA
 
 AMP_ALIASES = {
     'off': 'off', 'none': 'off', 'no': 'off', 'false': 'off', 'fp32': 'off', 'float32': 'off',
@@ -46,7 +50,7 @@ AMP_ALIASES = {
 def resolve_amp_mode(optim_cfg, use_amp=False):
     """`OPTIMIZATION.AMP: bf16|fp16|off` (YAML `off` reads as False, `True` means fp16); `--use_amp` or upstream's
     `OPTIMIZATION.USE_AMP` turn fp16 on unless AMP names a dtype."""
-    value = optim_cfg.get('AMP', None) if optim_cfg is not None else None
+    value = OPTIMIZATION_SCHEMA.get(optim_cfg, 'AMP')
     if value is None or value is False:
         mode = 'off'
     elif value is True:
@@ -55,7 +59,7 @@ def resolve_amp_mode(optim_cfg, use_amp=False):
         mode = AMP_ALIASES.get(str(value).lower())
         if mode is None:
             raise ValueError(f'OPTIMIZATION.AMP: expected bf16, fp16 or off, got {value!r}')
-    if mode == 'off' and (use_amp or (optim_cfg is not None and optim_cfg.get('USE_AMP', False))):
+    if mode == 'off' and (use_amp or OPTIMIZATION_SCHEMA.get(optim_cfg, 'USE_AMP')):
         mode = 'fp16'
     return mode
 
@@ -69,7 +73,7 @@ def autocast_context(amp_mode, device):
 
 def build_grad_scaler(amp_mode, device, optim_cfg=None):
     """fp16 loss scaling (`LOSS_SCALE_FP16` initial scale, default 2**16); a disabled scaler otherwise."""
-    init_scale = float((optim_cfg or {}).get('LOSS_SCALE_FP16', None) or 2.0 ** 16)
+    init_scale = float(OPTIMIZATION_SCHEMA.get(optim_cfg, 'LOSS_SCALE_FP16') or 2.0 ** 16)
     return torch.amp.GradScaler(torch.device(device).type, init_scale=init_scale, enabled=(amp_mode == 'fp16'))
 
 
@@ -77,7 +81,7 @@ def make_model_func(device, load_fn=None):
     """Upstream's `model_fn_decorator`: move the batch to `device` (with `load_fn`, default
     `pcdet.models.build.load_data_to_device`), forward, mean the loss, bump the global step."""
     if load_fn is None:
-        from ..models.build import load_data_to_device as load_fn  # lazily: the models package is optional here
+        from ..utils.batching import load_data_to_device as load_fn
 
     def model_func(model, batch_dict):
         load_fn(batch_dict, device)
@@ -96,15 +100,20 @@ def _mixed_seed(data_seed, epoch, stream):
 
 
 def set_epoch_order(train_loader, train_sampler, epoch, data_seed):
-    """Make the epoch's sample order and worker seeds functions of `(data_seed, epoch)` (see module docstring)."""
+    """Make the epoch's sample order, worker seeds and (SeededBatchSampler) per-sample augmentation seeds functions of
+    `(data_seed, epoch)` (see module docstring)."""
     if train_sampler is not None and hasattr(train_sampler, 'set_epoch'):
         train_sampler.set_epoch(epoch)
     if not isinstance(train_loader, DataLoader) or data_seed is None:
         return
     train_loader.generator = torch.Generator().manual_seed(_mixed_seed(data_seed, epoch, 0))
-    sampler = train_loader.sampler
-    if isinstance(sampler, RandomSampler):
-        sampler.generator = torch.Generator().manual_seed(_mixed_seed(data_seed, epoch, 1))
+    batch_sampler = train_loader.batch_sampler
+    if hasattr(batch_sampler, 'set_epoch_seed'):  # pcdet.datasets.sample_rng.SeededBatchSampler
+        batch_sampler.set_epoch_seed(epoch, data_seed)
+    # with a batch_sampler, DataLoader.sampler is a placeholder: the order comes from batch_sampler.sampler
+    for sampler in (train_loader.sampler, getattr(batch_sampler, 'sampler', None)):
+        if isinstance(sampler, RandomSampler):
+            sampler.generator = torch.Generator().manual_seed(_mixed_seed(data_seed, epoch, 1))
 
 
 class _SkipBatches(Sampler):
@@ -191,9 +200,9 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
     logger = logger or logging.getLogger('pcdet')
     device = torch.device(device) if device is not None else next(unwrap_model(model).parameters()).device
     scaler = scaler if scaler is not None else build_grad_scaler(amp_mode, device, optim_cfg)
-    grad_clip = float(optim_cfg.get('GRAD_NORM_CLIP', 0) or 0) if optim_cfg is not None else 0.0
+    grad_clip = float(OPTIMIZATION_SCHEMA.get(optim_cfg, 'GRAD_NORM_CLIP') or 0)
     if max_consecutive_skips is None:
-        max_consecutive_skips = int((optim_cfg or {}).get('MAX_CONSECUTIVE_NONFINITE', 100))
+        max_consecutive_skips = int(OPTIMIZATION_SCHEMA.get(optim_cfg, 'MAX_CONSECUTIVE_NONFINITE'))
     data_seed = int(torch.initial_seed() % (2 ** 31)) if data_seed is None else int(data_seed)
     use_fp16_scaler = scaler.is_enabled()
     params = [p for p in unwrap_model(model).parameters() if p.requires_grad]

@@ -125,5 +125,6 @@ def boxes_iou_normal(boxes_a, boxes_b):
 
 
 def boxes3d_nearest_bev_iou(boxes_a, boxes_b):
-    """Cheap IoU proxy for target assignment: IoU of the nearest axis-aligned BEV rectangles, (N, 7+), (M, 7+) -> (N, M)."""
+    """Cheap IoU proxy for target assignment: IoU of the nearest axis-aligned BEV rectangles,
+    (N, 7+), (M, 7+) -> (N, M)."""
     return boxes_iou_normal(boxes3d_lidar_to_aligned_bev_boxes(boxes_a), boxes3d_lidar_to_aligned_bev_boxes(boxes_b))

@@ -1,7 +1,9 @@
 """Checkpoint loading (OpenPCDet layout) with an explicit report of what was and was not loaded.
 
 Layout (spec §1.10): `{'model_state': state_dict, 'optimizer_state': ..., 'epoch': int, 'it': int,
-'version': 'pcdet+<version>'}`; a bare state dict is accepted too.
+'version': 'pcdet+<version>'}`; a bare state dict is accepted too. Files written by this codebase also carry
+`PCDET_MARKER_KEY` (`'pcdet_version'`): upstream OpenPCDet / DSVT / GPICTURE write the same `'version'` string
+format (`pcdet+0.6.0+...`, and upstream had a 0.1.0 too), so only the extra key tells the two apart.
 
 * `load_params_from_file(model, filename, logger, to_cpu=True, strict=False, ...) -> LoadReport`: loads every
   checkpoint tensor whose key and shape match the model, logs `Not updated weight <key>: <shape>` for every model
@@ -13,6 +15,13 @@ Layout (spec §1.10): `{'model_state': state_dict, 'optimizer_state': ..., 'epoc
   load (never `global_step`, spec Q6) with a per-prefix coverage report; with `MODEL.PRETRAINED_ENCODER`
   ({PREFIXES: ['vfe.', 'backbone_3d.'], MIN_COVERAGE: 0.95}) it fails when fewer than MIN_COVERAGE of the model's
   tensors under PREFIXES were loaded -- for fine-tune configs whose encoder is meant to match the pretrained one.
+* `read_checkpoint(filename)`: `torch.load`; a file that is not a PyTorch checkpoint (text, truncated zip, ...)
+  raises `CheckpointReadError` naming the file.
+* `partial_load_warning(report)`: the WARNING text for a deliberate partial load (lists what did not load).
+* `upstream_compat_warning(model, checkpoint, loaded_keys, filename)`: every load through `load_params_from_file`
+  (hence `--ckpt`, `--pretrained_model`, `Predictor`) and `load_params_with_optimizer` warns (logger WARNING +
+  `UpstreamCheckpointWarning`) when the checkpoint has no `PCDET_MARKER_KEY`, DSVT tensors were loaded, and that
+  DSVT's upstream-quirk `COMPAT` switches are off: upstream trained with the quirks (docs/DSVT.md "Compat switches").
 
 The save side (`checkpoint_state`, `save_checkpoint`, resume with scheduler / scaler / RNG state) lives in
 `pcdet.training.checkpointing`; its files are a superset of this layout.
@@ -21,6 +30,7 @@ Files are read with `torch.load(weights_only=True)` by default: checkpoints are 
 `weights_only=False` only for a file you trust that holds other pickled objects.
 """
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +38,30 @@ import torch
 
 DEFAULT_MIN_MATCHED_FRACTION = 0.5
 _LIST_LIMIT = 20  # keys listed per category in error messages
+# Written by `pcdet.training.checkpointing.checkpoint_state` (value: pcdet.__version__); absent from upstream files.
+PCDET_MARKER_KEY = 'pcdet_version'
+# DSVT COMPAT switches that reproduce upstream training quirks, and when each one matters for a given DSVT.
+_DSVT_COMPAT_RELEVANT = {
+    'POS_EMBED_SHIFT_BUG': lambda dsvt: True,  # every block pairs embeddings with partitions
+    # pooling only exists between stages; the linear reduction has no empty-slot handling
+    'POOL_UNMASKED_EMPTY_SLOTS': lambda dsvt: (getattr(dsvt, 'stage_num', 1) > 1
+                                               and getattr(dsvt, 'reduction_type', None) in ('attention', 'maxpool')),
+}
+# Config path of a DSVT's COMPAT block by module name (named in the `--set` hint); others are named by module.
+_DSVT_CONFIG_PATHS = {'': 'MODEL.BACKBONE_3D', 'backbone_3d': 'MODEL.BACKBONE_3D',
+                      'backbone_2d.decoder': 'MODEL.BACKBONE_2D.DSVT'}
 
 
 class CheckpointMismatchError(RuntimeError):
     """The checkpoint does not fit the model (strict load, or too few keys matched)."""
+
+
+class CheckpointReadError(CheckpointMismatchError):
+    """The file is not a readable PyTorch checkpoint (text, truncated, foreign pickle); the message names it."""
+
+
+class UpstreamCheckpointWarning(UserWarning):
+    """A checkpoint not written by pcdet went into a DSVT whose upstream-quirk COMPAT switches are off."""
 
 
 @dataclass
@@ -101,12 +131,33 @@ def _mismatch_message(report, reason, model_keys, ckpt_keys):
 
 
 def read_checkpoint(filename, to_cpu=True, weights_only=True, map_location=None):
-    """`torch.load` a checkpoint; `to_cpu` maps storages to CPU (else `map_location`, default: as saved)."""
+    """`torch.load` a checkpoint; `to_cpu` maps storages to CPU (else `map_location`, default: as saved).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointReadError: torch cannot read it (a text file, a truncated download, a pickle holding objects
+            that `weights_only` refuses); the message names the file and torch's reason.
+    """
     filename = Path(filename)
     if not filename.is_file():
         raise FileNotFoundError(f'Checkpoint not found: {filename}')
     location = torch.device('cpu') if to_cpu else map_location
-    return torch.load(str(filename), map_location=location, weights_only=weights_only)
+    try:
+        return torch.load(str(filename), map_location=location, weights_only=weights_only)
+    except Exception as err:  # torch raises RuntimeError / UnpicklingError / EOFError / ValueError... by file kind
+        raise CheckpointReadError(_read_error_message(filename, err, weights_only)) from err
+
+
+def _read_error_message(filename, err, weights_only):
+    reason = (str(err).strip().splitlines() or [''])[0][:300]
+    message = (f'cannot read {filename} as a PyTorch checkpoint ({filename.stat().st_size} bytes; '
+               f'{type(err).__name__}: {reason}). Expected a file written by torch.save, e.g. '
+               f'output/<cfg group>/<cfg name>/<tag>/ckpt/checkpoint_epoch_<N>.pth; a truncated download or a '
+               f'text / HTML page saved under a .pth name gives this error.')
+    if weights_only and 'weights_only' in str(err).lower():
+        message += (' The file holds pickled Python objects that weights_only=True refuses; load it with '
+                    'weights_only=False only if you trust its origin.')
+    return message
 
 
 def _model_state_of(checkpoint, filename):
@@ -117,6 +168,75 @@ def _model_state_of(checkpoint, filename):
     keys = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
     raise CheckpointMismatchError(f'{filename} is not an OpenPCDet checkpoint: no "model_state" entry '
                                   f'(top-level keys: {keys})')
+
+
+def partial_load_warning(report):
+    """WARNING text for a deliberate partial load (`strict=False` accepted on request): counts and the keys that
+    were not loaded, so a partly random model is never evaluated silently."""
+    mism = [f'{k} checkpoint {tuple(a)} vs model {tuple(b)}' for k, (a, b) in report.shape_mismatch.items()]
+    return (f'PARTIAL LOAD: {report.summary()}; the model keys not loaded keep their random / current values'
+            + _listing('shape mismatches (not loaded)', mism)
+            + _listing('missing in checkpoint (not loaded)', report.missing)
+            + _listing('unexpected in checkpoint (ignored)', report.unexpected))
+
+
+def _dsvt_modules(model):
+    """`[(module name, module)]` of the DSVT backbones in `model` (recognised by their resolved `compat` dict, so
+    this module needs no import of the model code)."""
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(getattr(module, 'compat', None), dict) and 'POS_EMBED_SHIFT_BUG' in module.compat]
+
+
+def upstream_compat_warning(model, checkpoint, loaded_keys, filename='checkpoint'):
+    """The warning text when an upstream checkpoint's DSVT weights went into a DSVT with upstream quirks off.
+
+    Args:
+        model: the model loaded into (DDP unwrapped). checkpoint: what `torch.load` returned (a dict with
+            `model_state`, or a bare state dict). loaded_keys: model state-dict keys that were loaded.
+    Returns:
+        None when the checkpoint carries `PCDET_MARKER_KEY`, no DSVT tensor was loaded, or every relevant COMPAT
+        switch of those DSVTs is on; else a message naming the switches and the `--set` that reproduces upstream.
+    """
+    if isinstance(checkpoint, dict) and PCDET_MARKER_KEY in checkpoint:
+        return None
+    loaded_keys = list(loaded_keys)
+    off, settings, blocks_to_add = [], [], []
+    for name, dsvt in _dsvt_modules(getattr(model, 'module', model)):
+        prefix = f'{name}.' if name else ''
+        if not any(key.startswith(prefix) for key in loaded_keys):
+            continue  # e.g. a pretrained head only: the DSVT keeps its own weights
+        cfg_path = _DSVT_CONFIG_PATHS.get(name, f'<COMPAT config of module {name}>')
+        switches = [s for s, relevant in _DSVT_COMPAT_RELEVANT.items() if relevant(dsvt) and not dsvt.compat[s]]
+        off += [f'{cfg_path}.COMPAT.{switch}' for switch in switches]
+        # --set only changes keys the config already has: name the others as lines to write into the config
+        stated = (getattr(dsvt, 'model_cfg', None) or {}).get('COMPAT', None)
+        settings += [f'{cfg_path}.COMPAT.{s} True' for s in switches if stated is not None and s in stated]
+        unstated = [s for s in switches if stated is None or s not in stated]
+        if unstated and stated is None:
+            blocks_to_add.append(f'add `COMPAT: {{{", ".join(f"{s}: True" for s in unstated)}}}` under {cfg_path} '
+                                 f'in the config (it has no COMPAT block, so --set cannot reach it)')
+        elif unstated:
+            blocks_to_add.append(f'add {", ".join(f"`{s}: True`" for s in unstated)} under {cfg_path}.COMPAT in the '
+                                 f'config (--set cannot add a key)')
+    if not off:
+        return None
+    version = checkpoint.get('version', None) if isinstance(checkpoint, dict) else None
+    fixes = ([f'--set {" ".join(settings)}'] if settings else []) + blocks_to_add
+    return (f'{filename} was not written by pcdet (no "{PCDET_MARKER_KEY}" entry; version {version!r}): an '
+            f'OpenPCDet / DSVT / GPICTURE release? Its DSVT weights were loaded into a DSVT with {", ".join(off)} '
+            f'= False. Upstream trained with those quirks, so outputs differ from upstream\'s with no other '
+            f'sign. To reproduce upstream: {"; ".join(fixes)} (docs/DSVT.md "Compat switches"). Ignore '
+            f'this only for a checkpoint trained by pcdet with the switches off before checkpoints carried '
+            f'"{PCDET_MARKER_KEY}".')
+
+
+def warn_upstream_compat(model, checkpoint, loaded_keys, filename, logger=None):
+    """Emit `upstream_compat_warning` as a logger WARNING and a `UpstreamCheckpointWarning`; returns the text."""
+    message = upstream_compat_warning(model, checkpoint, loaded_keys, filename)
+    if message is not None:
+        _log(logger).warning(message)
+        warnings.warn(message, UpstreamCheckpointWarning, stacklevel=3)
+    return message
 
 
 def filter_matching_state(model_state, checkpoint_state):
@@ -203,6 +323,7 @@ def load_params_from_file(model, filename, logger=None, to_cpu=True, strict=Fals
         logger.info('Unexpected keys in checkpoint (%d): %s', len(report.unexpected),
                     ', '.join(report.unexpected[:_LIST_LIMIT]))
     logger.info('==> Done (loaded %d/%d)', report.num_loaded, report.num_model_keys)
+    warn_upstream_compat(model, checkpoint, report.loaded, filename, logger)
     return report
 
 
@@ -239,6 +360,7 @@ def load_params_with_optimizer(model, filename, to_cpu=False, optimizer=None, lo
     if 'version' in checkpoint:
         logger.info('==> Checkpoint trained from version: %s', checkpoint['version'])
     logger.info('==> Done')
+    warn_upstream_compat(model, checkpoint, update_state, filename, logger)
     return it, epoch
 
 

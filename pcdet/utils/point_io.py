@@ -10,6 +10,15 @@ scripts, OpenPCDet #852 / #1341, VoxelNeXt #15) silently produces garbage points
     save_points(path, points, names=None)  -> writes .bin (float32) / .npy / .pcd (binary)
     list_point_files(path, ext=None)       -> [path] for a file, the sorted files with that extension in a folder
     read_pcd_header(path)                  -> PcdHeader
+    nonfinite_points_policy(dataset_cfg)   -> 'warn' | 'error' (DATA_CONFIG.NONFINITE_POINTS, default 'warn')
+    finite_row_mask(points, path, policy)  -> (N,) bool; rows with NaN / inf are reported (see below)
+    drop_nonfinite_rows(points, path, policy) -> points without those rows
+
+Non-finite rows (NaN / inf in any column) would otherwise vanish without a word in the range masks and the
+points-in-boxes tests. Dataset loaders therefore count them per file: `'warn'` drops them and warns ONCE per file
+(logger WARNING on `pcdet.utils.point_io` + `warnings.warn`, both naming the file and the count; the set of files
+already reported lives in the process, so each DataLoader worker reports a file at most once); `'error'` raises
+NonFinitePointsError naming the file and the count.
 
 Formats:
 * `.bin`: raw little-endian float32 values, point-major (KITTI / nuScenes / OpenPCDet GT database). The file size
@@ -22,19 +31,32 @@ Formats:
   must number `num_features` when given.
 """
 import io
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from ..config import ConfigError
 from .file_utils import atomic_save_bytes
 
 SUPPORTED_EXTENSIONS = ('.bin', '.npy', '.pcd')
+NONFINITE_POINTS_KEY = 'NONFINITE_POINTS'      # DATA_CONFIG key: what to do with NaN / inf point rows
+NONFINITE_POINTS_DEFAULT = 'warn'              # drop them, one warning per file
+NONFINITE_POINTS_POLICIES = ('warn', 'error')
+
+_log = logging.getLogger(__name__)
+_files_warned_nonfinite = set()  # per process: each file's non-finite rows are reported once
 
 
 class PointFileError(ValueError):
     """A point file cannot be read with the requested layout; the message names the file."""
+
+
+class NonFinitePointsError(PointFileError):
+    """A point file has rows with NaN / inf values and NONFINITE_POINTS is 'error'; the message names the file."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,6 +134,56 @@ def list_point_files(path, ext=None):
         if files:
             return files
     raise PointFileError(f'No {" / ".join(extensions)} files in {path}')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# non-finite rows
+# ---------------------------------------------------------------------------------------------------------------
+
+def nonfinite_points_policy(dataset_cfg):
+    """`DATA_CONFIG.NONFINITE_POINTS` of a dataset config (None: the default 'warn'); ConfigError for other values."""
+    policy = NONFINITE_POINTS_DEFAULT if dataset_cfg is None else \
+        dataset_cfg.get(NONFINITE_POINTS_KEY, NONFINITE_POINTS_DEFAULT)
+    return check_nonfinite_policy(policy, f'DATA_CONFIG.{NONFINITE_POINTS_KEY}')
+
+
+def check_nonfinite_policy(policy, name='nonfinite'):
+    """`policy` if it is one of NONFINITE_POINTS_POLICIES, else ConfigError naming `name`."""
+    if policy not in NONFINITE_POINTS_POLICIES:
+        raise ConfigError(f'{name} must be one of {list(NONFINITE_POINTS_POLICIES)} (what to do with point rows '
+                          f'holding NaN / inf), got {policy!r}')
+    return policy
+
+
+def finite_row_mask(points, path, policy=NONFINITE_POINTS_DEFAULT):
+    """(N,) bool, True for the rows of `points` (N, C) whose values are all finite.
+
+    When some are not: `policy='error'` raises NonFinitePointsError; `'warn'` reports the file once per process
+    (logger WARNING + `warnings.warn`) and returns the mask (the caller drops those rows). `path` only names the
+    file in the messages."""
+    check_nonfinite_policy(policy)
+    mask = np.isfinite(points).all(axis=1)
+    num_bad = int(mask.size - np.count_nonzero(mask))
+    if num_bad == 0:
+        return mask
+    message = (f'{path}: {num_bad} of {mask.size} point rows hold NaN / inf values')
+    if policy == 'error':
+        raise NonFinitePointsError(f'{message}; fix or regenerate the file, or set DATA_CONFIG.'
+                                   f'{NONFINITE_POINTS_KEY}: warn to drop such rows with a warning')
+    key = str(path)
+    if key not in _files_warned_nonfinite:
+        _files_warned_nonfinite.add(key)
+        message += (f'; they are dropped (reported once per file; DATA_CONFIG.{NONFINITE_POINTS_KEY}: error makes '
+                    f'this an error)')
+        _log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return mask
+
+
+def drop_nonfinite_rows(points, path, policy=NONFINITE_POINTS_DEFAULT):
+    """`points` without its non-finite rows (`finite_row_mask`); the same array when all rows are finite."""
+    mask = finite_row_mask(points, path, policy)
+    return points if mask.all() else points[mask]
 
 
 # ---------------------------------------------------------------------------------------------------------------

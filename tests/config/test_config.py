@@ -5,8 +5,15 @@ import os
 import pytest
 import yaml
 
-from pcdet.config import ConfigError, cfg_from_list, cfg_from_yaml_file, config_to_yaml, log_config_to_file, \
-    require_keys, save_config_to_file
+from pcdet.config import (
+    ConfigError,
+    cfg_from_list,
+    cfg_from_yaml_file,
+    config_to_yaml,
+    log_config_to_file,
+    require_keys,
+    save_config_to_file,
+)
 
 
 def write_yaml(path, content):
@@ -45,7 +52,8 @@ def test_base_config_resolved_relative_to_including_file(config_tree, monkeypatc
 
 def test_base_config_falls_back_to_cwd(tmp_path, monkeypatch):
     write_yaml(tmp_path / 'cfgs/dataset_configs/base.yaml', {'A': 1})
-    model = write_yaml(tmp_path / 'elsewhere/model.yaml', {'DATA_CONFIG': {'_BASE_CONFIG_': 'cfgs/dataset_configs/base.yaml'}})
+    model = write_yaml(tmp_path / 'elsewhere/model.yaml',
+                       {'DATA_CONFIG': {'_BASE_CONFIG_': 'cfgs/dataset_configs/base.yaml'}})
     monkeypatch.chdir(tmp_path)  # OpenPCDet style: paths relative to tools/
     assert cfg_from_yaml_file(model).DATA_CONFIG.A == 1
 

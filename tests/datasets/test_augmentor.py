@@ -202,6 +202,7 @@ def test_degenerate_scale_range_is_skipped():
 
 def test_openpcdet_placeholder_disables_nothing_but_typos_fail():
     from easydict import EasyDict
+
     from pcdet.config import ConfigError
     from pcdet.datasets.augmentor.data_augmentor import DataAugmentor
     aug_cfg = EasyDict(DISABLE_AUG_LIST=['placeholder'],

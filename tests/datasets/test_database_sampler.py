@@ -133,13 +133,43 @@ def test_prepare_filters(tmp_path):
         DataBaseSampler(tmp_path, sampler_config(PREPARE={'filter_by_size': 1}), CLASSES)
 
 
-def test_sampling_walks_a_shuffled_list_and_reshuffles(tmp_path):
+def test_sampling_is_a_function_of_the_numpy_rng_state_only(tmp_path):
+    """A resumed run (fresh sampler) or another DataLoader worker pastes the same objects for the same seed as a
+    sampler that already served many scenes: no per-class pointer or shuffle order is kept."""
+    write_database(tmp_path, num_per_class=7)
+    used = DataBaseSampler(tmp_path, sampler_config(), CLASSES)
+    np.random.seed(11)
+    for _ in range(5):
+        used(scene())
+    np.random.seed(3)
+    after_use = [i['gt_idx'] for i in used.sample_with_fixed_number('car', 4)]
+    fresh = DataBaseSampler(tmp_path, sampler_config(), CLASSES)
+    np.random.seed(3)
+    assert after_use == [i['gt_idx'] for i in fresh.sample_with_fixed_number('car', 4)]
+
+
+def test_sampling_draws_distinct_objects_uniformly(tmp_path):
     write_database(tmp_path, num_per_class=7)
     sampler = DataBaseSampler(tmp_path, sampler_config(), CLASSES)
     np.random.seed(3)
-    first_round = sampler.sample_with_fixed_number('car', 4) + sampler.sample_with_fixed_number('car', 4)
-    assert len(first_round) == 7 and len({i['gt_idx'] for i in first_round}) == 7
-    assert len(sampler.sample_with_fixed_number('car', 4)) == 4  # reshuffled
+    counts = np.zeros(7)
+    for _ in range(700):
+        drawn = [i['gt_idx'] for i in sampler.sample_with_fixed_number('car', 4)]
+        assert len(drawn) == 4 and len(set(drawn)) == 4
+        counts[drawn] += 1
+    # each object is in a draw of 4 out of 7 with p = 4/7: 400 expected, binomial sd ~13
+    assert np.all(np.abs(counts - 400) < 60), counts
+    assert sorted(i['gt_idx'] for i in sampler.sample_with_fixed_number('car', 20)) == list(range(7))  # capped
+    assert sampler.sample_with_fixed_number('car', 0) == []
+
+
+@pytest.mark.parametrize('content, found', [([{'name': 'car'}], 'list'), ({'car': {'name': 'car'}}, 'dict'),
+                                            ({'car': ['car_0.bin']}, 'list of str')])
+def test_database_pickle_of_the_wrong_type_names_the_file(tmp_path, content, found):
+    with open(tmp_path / 'dbinfos.pkl', 'wb') as handle:
+        pickle.dump(content, handle)
+    with pytest.raises(TypeError, match=rf'dbinfos\.pkl.* {found}, expected a dict of class name -> list'):
+        DataBaseSampler(tmp_path, sampler_config(), CLASSES)
 
 
 def test_wrongly_sized_bin_names_the_file(tmp_path):

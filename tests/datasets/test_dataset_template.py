@@ -12,8 +12,14 @@ from easydict import EasyDict
 
 import pcdet.datasets as datasets
 from pcdet.config import ConfigError
-from pcdet.datasets import (DatasetTemplate, DistributedEvalSampler, apply_disable_augmentation_hook,
-                            build_dataloader, get_dataset_class, register_dataset)
+from pcdet.datasets import (
+    DatasetTemplate,
+    DistributedEvalSampler,
+    apply_disable_augmentation_hook,
+    build_dataloader,
+    get_dataset_class,
+    register_dataset,
+)
 
 CLASSES = ['car', 'pedestrian']
 

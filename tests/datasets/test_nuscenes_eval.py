@@ -10,8 +10,12 @@ from pyquaternion import Quaternion
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.nuscenes.nuscenes_dataset import NuScenesDataset
-from pcdet.datasets.nuscenes.nuscenes_eval import (attribute_of, evaluate_nuscenes, keep_empty_box_sets,
-                                                  transform_det_annos_to_nusc_annos)
+from pcdet.datasets.nuscenes.nuscenes_eval import (
+    attribute_of,
+    evaluate_nuscenes,
+    keep_empty_box_sets,
+    transform_det_annos_to_nusc_annos,
+)
 from pcdet.datasets.nuscenes.nuscenes_utils import CLASS_NAMES, load_nusc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -10,10 +10,14 @@ import pytest
 from pcdet.datasets.synthetic import catalog
 from pcdet.datasets.synthetic import waymo as waymo_cli
 from pcdet.datasets.synthetic.lidar import LidarConfig, cast_scan
-from pcdet.datasets.synthetic.scene import (VEHICLE_NOSE_HEIGHT, VEHICLE_NOSE_LENGTH, VEHICLE_PROFILES, SceneConfig,
-                                            simulate_scene)
-from pcdet.datasets.synthetic.waymo_writer import (CLASS_MIXES, SyntheticWaymoConfig, plan_sequences,
-                                                   simulate_sequence)
+from pcdet.datasets.synthetic.scene import (
+    VEHICLE_NOSE_HEIGHT,
+    VEHICLE_NOSE_LENGTH,
+    VEHICLE_PROFILES,
+    SceneConfig,
+    simulate_scene,
+)
+from pcdet.datasets.synthetic.waymo_writer import CLASS_MIXES, SyntheticWaymoConfig, plan_sequences, simulate_sequence
 
 SEED, T = 1, 0.5
 SCENE = dict(t_start=0.0, t_end=1.0, num_objects=20)

@@ -3,8 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from pcdet.datasets.processor.voxelization import (compute_grid_size, decode_voxel_keys, dynamic_voxelize,
-                                                   hard_voxelize, points_to_voxel_coords, voxel_keys)
+from pcdet.datasets.processor.voxelization import (
+    compute_grid_size,
+    decode_voxel_keys,
+    dynamic_voxelize,
+    hard_voxelize,
+    points_to_voxel_coords,
+    voxel_keys,
+)
 
 # Binary-exact grid: boundaries and cell edges are representable, so "on the boundary" is unambiguous.
 EXACT_RANGE = np.array([0.0, -4.0, -2.0, 8.0, 4.0, 2.0], dtype=np.float32)

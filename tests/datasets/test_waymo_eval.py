@@ -19,9 +19,16 @@ import pytest
 import torch
 
 from pcdet.datasets.waymo import waymo_eval
-from pcdet.datasets.waymo.waymo_eval import (SCORE_CUTOFFS, average_precision, main, metric_key, result_str,
-                                             select_gt_frames, waymo_detection_measurements,
-                                             waymo_detection_metrics)
+from pcdet.datasets.waymo.waymo_eval import (
+    SCORE_CUTOFFS,
+    average_precision,
+    main,
+    metric_key,
+    result_str,
+    select_gt_frames,
+    waymo_detection_measurements,
+    waymo_detection_metrics,
+)
 from pcdet.ops.iou3d_nms.iou3d_nms_utils import boxes_iou3d_gpu
 
 CLASSES = ['Vehicle', 'Pedestrian', 'Cyclist']

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from pcdet.datasets.waymo import frame_proto, protobuf_wire as pw, tfrecord
+from pcdet.datasets.waymo import frame_proto, tfrecord
+from pcdet.datasets.waymo import protobuf_wire as pw
 from pcdet.datasets.waymo.tfrecord import TFRecordError
 
 # ---------------------------------------------------------------------------------------------------------------

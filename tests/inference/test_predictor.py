@@ -11,8 +11,14 @@ from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.dataset import DatasetTemplate
-from pcdet.inference import (PointLayoutError, Predictor, adapt_point_layout, apply_dataset_load_transforms,
-                             check_point_layout, expected_feature_names)
+from pcdet.inference import (
+    PointLayoutError,
+    Predictor,
+    adapt_point_layout,
+    apply_dataset_load_transforms,
+    check_point_layout,
+    expected_feature_names,
+)
 from pcdet.models.build import build_network_from_cfg
 from pcdet.utils.checkpoint import CheckpointMismatchError
 

@@ -16,8 +16,13 @@ from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.models import build as model_build
-from pcdet.models.build import (build_network, build_network_from_cfg, load_data_to_device, load_data_to_gpu,
-                                model_geometry_from_data_config)
+from pcdet.models.build import (
+    build_network,
+    build_network_from_cfg,
+    load_data_to_device,
+    load_data_to_gpu,
+    model_geometry_from_data_config,
+)
 from pcdet.models.detectors import CenterPoint, Detector3DTemplate, ModelGeometry, build_detector
 from pcdet.models.detectors import __all__ as detector_registry
 from pcdet.models.detectors.detector3d_template import REGISTRY_MODULES, get_registry

@@ -6,8 +6,12 @@ from torch import nn
 
 from pcdet.models.backbones_3d.dsvt.blocks import SetAttention, multihead_attention
 from pcdet.models.backbones_3d.dsvt.pooling import Stage_ReductionAtt_Block
-from pcdet.models.backbones_3d.dsvt.set_partition import get_set_mask, get_set_single_shift, get_window_coors, \
-    set_to_voxel_index
+from pcdet.models.backbones_3d.dsvt.set_partition import (
+    get_set_mask,
+    get_set_single_shift,
+    get_window_coors,
+    set_to_voxel_index,
+)
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -3,9 +3,18 @@ import pytest
 from easydict import EasyDict
 
 from pcdet.config import ConfigError
-from pcdet.models.backbones_3d.dsvt.shapes import ShapeConfigError, check_scatter_input_shape, check_stated_shape, \
-    downsample_shape, grid_size_from_range, resolve_dsvt_shapes, resolve_grid_size, stage_shifts, \
-    stage_sparse_shapes, stage_window_shapes
+from pcdet.models.backbones_3d.dsvt.shapes import (
+    ShapeConfigError,
+    check_scatter_input_shape,
+    check_stated_shape,
+    downsample_shape,
+    grid_size_from_range,
+    resolve_dsvt_shapes,
+    resolve_grid_size,
+    stage_shifts,
+    stage_sparse_shapes,
+    stage_window_shapes,
+)
 
 WAYMO_RANGE = [-74.88, -74.88, -2, 74.88, 74.88, 4.0]
 

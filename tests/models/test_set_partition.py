@@ -13,8 +13,13 @@ import pytest
 import torch
 
 from pcdet.models.backbones_3d.dsvt.pooling import get_pooling_index
-from pcdet.models.backbones_3d.dsvt.set_partition import get_set_mask, get_set_single_shift, get_window_coors, \
-    rank_in_group, set_to_voxel_index
+from pcdet.models.backbones_3d.dsvt.set_partition import (
+    get_set_mask,
+    get_set_single_shift,
+    get_window_coors,
+    rank_in_group,
+    set_to_voxel_index,
+)
 
 
 def random_voxels(seed, sparse_shape, num, batch_size=2):

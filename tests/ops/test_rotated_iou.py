@@ -169,7 +169,8 @@ def test_boxes_bev_iou_cpu_returns_the_kind_it_was_given():
 
 def test_iou3d_is_bev_overlap_times_height_overlap():
     rng = np.random.default_rng(5)
-    boxes_a, boxes_b = float32_exact(make_boxes(rng, 40, z_spread=1.5)), float32_exact(make_boxes(rng, 30, z_spread=1.5))
+    boxes_a = float32_exact(make_boxes(rng, 40, z_spread=1.5))
+    boxes_b = float32_exact(make_boxes(rng, 30, z_spread=1.5))
     a, b = torch.from_numpy(boxes_a).float(), torch.from_numpy(boxes_b).float()
     iou3d = iou_utils.boxes_iou3d_gpu(a, b).numpy()
     rows, cols = np.meshgrid(np.arange(40), np.arange(30), indexing='ij')

@@ -13,7 +13,12 @@ from easydict import EasyDict
 
 from pcdet.config import ConfigError
 from pcdet.datasets.teachers.seal_minkunet import (
-    MECheckpointError, Res16UNet34C, SealMinkUNetTeacher, load_me_checkpoint, voxelize_points)
+    MECheckpointError,
+    Res16UNet34C,
+    SealMinkUNetTeacher,
+    load_me_checkpoint,
+    voxelize_points,
+)
 from pcdet.ops.sparse_conv import SparseTensor, axis_offsets, me_kernel_offsets
 
 GRID = 16  # 4 stride-2 levels: 16 -> 8 -> 4 -> 2 -> 1 cells per axis

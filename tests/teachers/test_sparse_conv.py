@@ -10,9 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from pcdet.ops.sparse_conv import (
-    CoordinateIndex, SparseConv3d, SparseTensor, axis_offsets, kernel_offsets, me_kernel_offsets,
-    me_kernel_to_internal, me_to_internal_permutation, pointwise_conv, strided_conv, submanifold_conv,
-    transposed_conv, unique_coords)
+    CoordinateIndex,
+    SparseConv3d,
+    SparseTensor,
+    axis_offsets,
+    kernel_offsets,
+    me_kernel_offsets,
+    me_kernel_to_internal,
+    me_to_internal_permutation,
+    pointwise_conv,
+    strided_conv,
+    submanifold_conv,
+    transposed_conv,
+    unique_coords,
+)
 
 ATOL = 1e-5
 

@@ -1,16 +1,28 @@
 """Checkpoint layout, atomic saving, keep-last-N, explicit resume and the zero-iterations-left refusal."""
+import errno
 import logging
 import os
 
 import numpy as np
 import pytest
 import torch
-from training_standins import TinyDetector, optim_cfg
 
 from pcdet.training import build_optimizer, build_scheduler
-from pcdet.training.checkpointing import (ResumeError, check_remaining_work, checkpoint_state, epoch_checkpoints,
-                                          find_resume_checkpoint, prune_checkpoints, resume_from, save_checkpoint)
+from pcdet.training.checkpointing import (
+    CheckpointSaveError,
+    CorruptCheckpointError,
+    ResumeError,
+    check_remaining_work,
+    checkpoint_state,
+    epoch_checkpoints,
+    find_resume_checkpoint,
+    prune_checkpoints,
+    resume_from,
+    save_checkpoint,
+)
 from pcdet.version import __version__
+
+from training_standins import TinyDetector, optim_cfg
 
 
 def _setup():
@@ -153,3 +165,54 @@ def test_refuses_to_finish_with_zero_iterations_left(tmp_path):
     with pytest.raises(ResumeError, match='zero iterations left'):
         check_remaining_work(info, total_epochs=2)
     check_remaining_work(info, total_epochs=3)
+
+
+def test_disk_full_at_save_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    model, optimizer, _, _ = _setup()
+    target = tmp_path / 'checkpoint_epoch_1.pth'
+    save_checkpoint(checkpoint_state(model, optimizer, 1, 4), target)
+    before = target.read_bytes()
+
+    def disk_full(obj, handle, *args, **kwargs):
+        handle.write(b'PK partial')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(torch, 'save', disk_full)
+    with pytest.raises(CheckpointSaveError) as caught:
+        save_checkpoint(checkpoint_state(model, optimizer, 1, 5), target)
+    message = str(caught.value)
+    assert str(target) in message and 'no space left on device' in message and 'unchanged' in message
+    assert caught.value.errno == errno.ENOSPC and isinstance(caught.value, OSError)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_resume_auto_skips_a_truncated_latest_and_removes_stale_temp_files(tmp_path, caplog):
+    """After a kill -9 (or a full disk) mid-save: the newest file is truncated and a temp file of the atomic save
+    is left over. --resume auto falls back to the newest readable checkpoint, naming the bad file, and cleans up."""
+    logger = logging.getLogger('test_resume_truncated')
+    _save_run_state(tmp_path, 'checkpoint_epoch_1', 1, 4)
+    latest, *_ = _save_run_state(tmp_path, 'latest_model', 1, 6)
+    os.utime(latest, (2e9, 2e9))
+    latest.write_bytes(latest.read_bytes()[:len(latest.read_bytes()) // 2])
+    stale = [tmp_path / '.latest_model.pth.k2j4_x9.tmp', tmp_path / '.checkpoint_epoch_2.pth.abc123.tmp']
+    for path in stale:
+        path.write_bytes(b'PK half a checkpoint')
+    unrelated = tmp_path / 'notes.tmp'
+    unrelated.write_text('not ours')
+    model, optimizer, scheduler, scaler = _setup()
+    with caplog.at_level(logging.INFO, logger='test_resume_truncated'):
+        info = resume_from('auto', model, optimizer, scheduler, scaler, ckpt_dir=tmp_path, logger=logger,
+                           iters_per_epoch=4)
+    assert info.path == tmp_path / 'checkpoint_epoch_1.pth' and info.accumulated_iter == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(str(latest) in w and 'unreadable' in w for w in warnings), warnings
+    assert any(all(str(p) in w for p in stale) for w in warnings), warnings
+    assert not any('unpickling' in w for w in warnings), warnings
+    assert not any(p.exists() for p in stale) and unrelated.exists()
+
+    with pytest.raises(CorruptCheckpointError, match=rf'{latest}.*unreadable'):  # explicit path: no fallback
+        resume_from(latest, model, optimizer)
+    (tmp_path / 'checkpoint_epoch_1.pth').write_bytes(b'')
+    with pytest.raises(CorruptCheckpointError, match='no readable checkpoint') as caught:
+        resume_from('auto', model, optimizer, ckpt_dir=tmp_path)
+    assert str(latest) in str(caught.value) and str(tmp_path / 'checkpoint_epoch_1.pth') in str(caught.value)

@@ -9,12 +9,27 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data.distributed import DistributedSampler
-from training_standins import (RegressionDataset, StridedEvalSampler, TinyDetector, eval_cfg, load_to_device,
-                               make_loader, model_func, optim_cfg, params_of)
 
 from pcdet.training import build_optimizer, build_scheduler, eval_one_epoch, train_model
-from pcdet.training.distributed import (init_dist, merge_sharded_results, slurm_to_torchrun_env, split_batch_size,
-                                        wrap_ddp)
+from pcdet.training.distributed import (
+    init_dist,
+    merge_sharded_results,
+    slurm_to_torchrun_env,
+    split_batch_size,
+    wrap_ddp,
+)
+
+from training_standins import (
+    RegressionDataset,
+    StridedEvalSampler,
+    TinyDetector,
+    eval_cfg,
+    load_to_device,
+    make_loader,
+    model_func,
+    optim_cfg,
+    params_of,
+)
 
 GLOBAL_BATCH, EPOCHS = 4, 2
 
@@ -64,6 +79,9 @@ def _ddp_worker(rank, world_size, port, out_dir):
         torch.save({'params': params_of(model), 'ret': ret, 'it': result.accumulated_iter}, out_dir / 'ddp.pt')
     else:
         assert ret == {}
+    # Both ranks leave together: a rank that tears gloo down while its peer still sends aborts the peer (SIGABRT,
+    # 'terminate called without an active exception') on a loaded machine.
+    dist.barrier()
     dist.destroy_process_group()
 
 

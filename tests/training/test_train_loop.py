@@ -4,12 +4,13 @@ import logging
 import numpy as np
 import pytest
 import torch
-from training_standins import RegressionDataset, TinyDetector, make_loader, model_func, optim_cfg, params_of
 
 from pcdet.training import build_optimizer, build_scheduler, resume_from, train_model
 from pcdet.training.checkpointing import epoch_checkpoints
 from pcdet.training.train_loop import NonFiniteLossError, build_grad_scaler, resolve_amp_mode
 from pcdet.utils.common_utils import set_random_seed
+
+from training_standins import RegressionDataset, TinyDetector, make_loader, model_func, optim_cfg, params_of
 
 LOGGER = logging.getLogger('test_train_loop')
 ITERS, EPOCHS = 4, 3

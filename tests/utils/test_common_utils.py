@@ -86,6 +86,7 @@ def test_create_logger_does_not_duplicate_handlers(tmp_path):
 
 def test_atomic_write_uses_umask_mode_and_cleans_up_on_error(tmp_path):
     import os
+
     from pcdet.utils.file_utils import atomic_save_text, atomic_write
     target = tmp_path / 'info.pkl'
     atomic_save_text('ok', target)

@@ -8,6 +8,10 @@ filter_by_difficulty: [d]}`, `SAMPLE_GROUPS ['Cls:N']`, `NUM_POINT_FEATURES`, `R
 OpenPCDet's /dev/shm copy; `USE_SHARED_MEMORY` is accepted and ignored), `FILTER_OBJ_POINTS_BY_TIMESTAMP` +
 `TIME_RANGE`, `BACKUP_DB_INFO {DB_INFO_PATH, DB_DATA_PATH, NUM_POINT_FEATURES}`.
 
+Sampling is stateless: each scene draws its objects without replacement from numpy's global RNG, which the training
+loader seeds per sample (datasets/sample_rng.py), so resumes and any worker layout paste the same objects. A
+DB_INFO_PATH pickle that is not `dict[class name] -> list of dicts` raises a TypeError naming the file.
+
 data_dict keys
     reads:  points (N, C), gt_boxes (M, 7|9), gt_names (M,), gt_boxes_mask (M,) bool
     writes: points (K + N', C) object points prepended, scene points inside the (enlarged) sampled boxes removed;
@@ -39,6 +43,33 @@ def parse_class_counts(entries, section):
     return counts
 
 
+def check_db_infos(infos, info_path):
+    """`infos` if it is a GT-database info pickle's content, `dict[class name] -> list of record dicts`; else a
+    TypeError naming `info_path` and the expected type (instead of e.g. `'list' object has no attribute 'get'`)."""
+    expected = ('expected a dict of class name -> list of object records (dicts with name, path, box3d_lidar, '
+                'num_points_in_gt); regenerate it with the dataset\'s create_*_infos command')
+    if not isinstance(infos, dict):
+        raise TypeError(f'{SECTION}.DB_INFO_PATH: {info_path} holds a {type(infos).__name__}, {expected}')
+    for name, records in infos.items():
+        if name == DB_METADATA_KEY:
+            continue
+        if not isinstance(records, (list, tuple)) or any(not isinstance(r, dict) for r in records[:1]):
+            raise TypeError(f'{SECTION}.DB_INFO_PATH: {info_path}[{name!r}] is a {type(records).__name__}'
+                            + (f' of {type(records[0]).__name__}' if isinstance(records, (list, tuple)) else '')
+                            + f', {expected}')
+    return infos
+
+
+def draw_distinct(num_items, num_draws):
+    """`min(num_draws, num_items)` distinct ints of `[0, num_items)` in random order, drawn from numpy's global RNG
+    (one draw seeds a Generator whose `choice` costs O(num_draws), not O(num_items) like a full permutation)."""
+    count = min(max(int(num_draws), 0), int(num_items))
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    generator = np.random.default_rng(np.random.randint(0, 2 ** 63 - 1, dtype=np.int64))
+    return generator.choice(int(num_items), size=count, replace=False)
+
+
 class DataBaseSampler:
     PREPARE_FILTERS = ('filter_by_min_points', 'filter_by_difficulty')
 
@@ -55,7 +86,7 @@ class DataBaseSampler:
         self.db_metadata = {}  # {info file: its DB_METADATA_KEY entry, None for databases without one}
         for info_path in db_info_paths:
             with open(info_path, 'rb') as handle:
-                infos = pickle.load(handle)
+                infos = check_db_infos(pickle.load(handle), info_path)
             self.db_metadata[str(info_path)] = infos.get(DB_METADATA_KEY)
             for name in self.class_names:
                 self.db_infos[name].extend(infos.get(name, []))
@@ -70,8 +101,6 @@ class DataBaseSampler:
         self.sample_class_num = {name: num for name, num in
                                  parse_class_counts(sampler_cfg.SAMPLE_GROUPS, f'{SECTION}.SAMPLE_GROUPS').items()
                                  if name in self.class_names}
-        self.sample_groups = {name: {'pointer': len(self.db_infos[name]), 'indices': np.arange(0)}
-                              for name in self.sample_class_num}
         if logger is not None:
             for name, infos in self.db_infos.items():
                 logger.info(f'Database {name}: {len(infos)} objects after PREPARE')
@@ -121,16 +150,15 @@ class DataBaseSampler:
     # ---- sampling ----------------------------------------------------------------------------------------------
 
     def sample_with_fixed_number(self, class_name, sample_num):
-        """Next `sample_num` infos of a per-class shuffled list; reshuffles when the list is exhausted."""
-        group, infos = self.sample_groups[class_name], self.db_infos[class_name]
-        if len(infos) == 0:
-            return []
-        if group['pointer'] >= len(infos):
-            group['indices'] = np.random.permutation(len(infos))
-            group['pointer'] = 0
-        chosen = group['indices'][group['pointer']:group['pointer'] + sample_num]
-        group['pointer'] += sample_num
-        return [infos[i] for i in chosen]
+        """`min(sample_num, len(database))` distinct infos of `class_name`, uniformly at random, in random order.
+
+        Drawn from numpy's global RNG only, with no state kept between calls: the training loader seeds that RNG per
+        sample (sample_rng.py), so what a scene receives does not depend on which worker loads it or what was
+        loaded before, and a resumed run pastes the same objects as an uninterrupted one. (Upstream walked a
+        per-class shuffled list with a pointer; those pointers lived in each DataLoader worker and could not be
+        checkpointed. Every object is still equally likely; repeats across scenes are independent.)"""
+        infos = self.db_infos[class_name]
+        return [infos[i] for i in draw_distinct(len(infos), sample_num)]
 
     def _select_non_colliding(self, sampled_boxes, existing_boxes):
         """Indices of sampled boxes that overlap (BEV) neither an existing box nor another sampled box."""

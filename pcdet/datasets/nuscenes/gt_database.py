@@ -51,27 +51,29 @@ def write_frame_objects(frame_idx, points, info, box_idxs, used_classes, writer)
     return db_infos
 
 
-def collect_objects(root_path, infos, max_sweeps, used_classes, writer, device):
-    """Loop over frames; returns {name: [db_info]} (points written through `writer`)."""
+def collect_objects(root_path, infos, max_sweeps, used_classes, writer, device, nonfinite='warn'):
+    """Loop over frames; returns {name: [db_info]} (points written through `writer`; `nonfinite`: the
+    DATA_CONFIG.NONFINITE_POINTS policy for NaN / inf point rows, see nuscenes_utils)."""
     from tqdm import tqdm
     all_db_infos = {}
     for frame_idx, info in enumerate(tqdm(infos, desc='create_groundtruth_database', dynamic_ncols=True)):
         if len(info['gt_boxes']) == 0:
             continue
-        points = load_points_with_sweeps(root_path, info, range(max_sweeps - 1))
+        points = load_points_with_sweeps(root_path, info, range(max_sweeps - 1), nonfinite=nonfinite)
         box_idxs = first_box_index(points, np.asarray(info['gt_boxes']), device)
         for db_info in write_frame_objects(frame_idx, points, info, box_idxs, used_classes, writer):
             all_db_infos.setdefault(db_info['name'], []).append(db_info)
     return all_db_infos
 
 
-def create_groundtruth_database(root_path, infos, max_sweeps=10, used_classes=None, device=None, logger=None):
+def create_groundtruth_database(root_path, infos, max_sweeps=10, used_classes=None, device=None, logger=None,
+                                nonfinite='warn'):
     """Build the GT database described in the module doc from `infos` (train infos); returns the pkl path."""
     logger = logger or logging.getLogger(__name__)
     root_path = Path(root_path)
     folder_name, pkl_name, npy_name = database_names(max_sweeps)
     with GTDatabaseWriter(root_path, folder_name, pkl_name, npy_name, NUM_POINT_FEATURES) as writer:
-        all_db_infos = collect_objects(root_path, infos, max_sweeps, used_classes, writer, device)
+        all_db_infos = collect_objects(root_path, infos, max_sweeps, used_classes, writer, device, nonfinite)
         writer.commit(all_db_infos)
     for name, db_infos in sorted(all_db_infos.items()):
         logger.info(f'GT database {name}: {len(db_infos)} objects')

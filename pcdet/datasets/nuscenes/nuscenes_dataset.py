@@ -19,8 +19,12 @@ produced the file, every part's row count is checked against the file (stale fil
 features are appended as trailing columns: points (N, 5 + F) before prepare_data, split into points (N', 5) +
 point_teacher_features (N', F) float32 after it.
 
-Info files are validated on load (list of dicts with the required keys, `info_schema` marker if present, enough
-sweeps for MAX_SWEEPS); a bad file raises InfoSchemaError naming it and saying to regenerate it.
+Info files are validated on load (list of dicts with the required keys, `info_schema` marker if present, one
+gt_name per gt_box, enough sweeps for MAX_SWEEPS); a bad file raises InfoSchemaError naming it and saying to
+regenerate it. When the dataset is built, every key-frame LiDAR file and (MAX_SWEEPS > 1) every sweep file an info
+file references must exist (MissingDataFilesError naming the info file, the count and the first paths), and the
+split must have samples (EmptyDatasetError naming INFO_PATH's files and the split). Point rows with NaN / inf
+follow NONFINITE_POINTS (`warn`, the default: dropped, one warning per file and process; `error`: raise).
 
 CLI (LiDAR only; camera infos, upstream's --with_cam, are not built):
     python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos \\
@@ -39,8 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dataset import DatasetTemplate
-from ..prep_utils import InfoSchemaError, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401 (re-export)
+from ...utils.point_io import nonfinite_points_policy
+from ..dataset import DatasetTemplate, check_has_samples
+from ..prep_utils import InfoSchemaError, check_files_exist, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401 (re-export)
 from ..teachers import feature_store
 from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_point_parts, load_points_with_sweeps, resolve_data_path
 
@@ -61,8 +66,11 @@ def info_problem(info, require_gt, min_sweeps):
     if missing:
         return f'missing keys {missing}'
     gt_shape = np.shape(info['gt_boxes']) if needs_gt else (0, 9)
-    if len(gt_shape) != 2 or gt_shape[1] != 9 or gt_shape[0] != len(info['gt_names']):
-        return 'gt_boxes is not (N, 9) [x, y, z, l, w, h, yaw, vx, vy]'
+    if len(gt_shape) != 2 or gt_shape[1] != 9:
+        return f'frame {info["token"]}: gt_boxes has shape {gt_shape}, not (N, 9) [x, y, z, l, w, h, yaw, vx, vy]'
+    if needs_gt and gt_shape[0] != len(info['gt_names']):
+        return (f'frame {info["token"]}: gt_names has {len(info["gt_names"])} entries but gt_boxes has '
+                f'{gt_shape[0]} rows (one name per box)')
     if len(info['sweeps']) < min_sweeps:
         return f'only {len(info["sweeps"])} sweeps per frame, MAX_SWEEPS needs {min_sweeps}'
     return None
@@ -72,6 +80,16 @@ def validate_infos(infos, info_path, require_gt=False, min_sweeps=0):
     """Raise InfoSchemaError naming `info_path` unless `infos` is a list of valid info dicts (module docs)."""
     validate_info_list(infos, info_path, lambda info: info_problem(info, require_gt, min_sweeps),
                        'regenerate with create_nuscenes_infos')
+
+
+def referenced_lidar_paths(infos, root_path, with_sweeps=True):
+    """Absolute paths of the key-frame LiDAR files of `infos` and (`with_sweeps`) of all their sweeps."""
+    root_path = Path(root_path)
+    for info in infos:
+        yield root_path / info['lidar_path']
+        if with_sweeps:
+            for sweep in info['sweeps']:
+                yield root_path / sweep['lidar_path']
 
 
 def load_infos(info_path, require_gt=False, min_sweeps=0, create_hint=''):
@@ -111,7 +129,10 @@ class NuScenesDataset(DatasetTemplate):
         data_path = Path(root_path) if root_path is not None else resolve_data_path(dataset_cfg.DATA_PATH)
         super().__init__(dataset_cfg=dataset_cfg, class_names=class_names, training=training,
                          root_path=data_path / dataset_cfg.VERSION, logger=logger)
+        self.nonfinite_points = nonfinite_points_policy(dataset_cfg)
         self.infos = self.include_nuscenes_data(self.mode)
+        check_has_samples(self.infos, self._info_source(self.mode), self.mode,
+                          f'check the info files or recreate them with: {self._create_hint()}')
         if self.training and self.dataset_cfg.get('BALANCED_RESAMPLING', False):
             self.infos = balanced_infos_resampling(self.infos, self.class_names, self._log)
         self.teacher_feature_root = None
@@ -127,6 +148,9 @@ class NuScenesDataset(DatasetTemplate):
     def _create_hint(self):
         return CREATE_INFOS_COMMAND.format(version=self.dataset_cfg.VERSION, data_path=self.root_path.parent)
 
+    def _info_source(self, mode):
+        return f'DATA_CONFIG.INFO_PATH.{mode} {[str(self.root_path / p) for p in self.dataset_cfg.INFO_PATH[mode]]}'
+
     def load_split_infos(self, mode):
         """Concatenated, validated infos of INFO_PATH[mode] (paths relative to root_path)."""
         if not self.root_path.is_dir():
@@ -139,7 +163,13 @@ class NuScenesDataset(DatasetTemplate):
         min_sweeps = self.dataset_cfg.get('MAX_SWEEPS', 1) - 1
         infos = []
         for info_path in self.dataset_cfg.INFO_PATH[mode]:
-            infos += load_infos(self.root_path / info_path, require_gt, min_sweeps, self._create_hint())
+            file_infos = load_infos(self.root_path / info_path, require_gt, min_sweeps, self._create_hint())
+            # sweeps are drawn at random per epoch: a missing one must fail now, not epochs later (MAX_SWEEPS 1
+            # never reads a sweep)
+            check_files_exist(referenced_lidar_paths(file_infos, self.root_path, min_sweeps > 0),
+                              self.root_path / info_path, 'LiDAR files',
+                              f'paths in the infos are relative to {self.root_path} (DATA_PATH/VERSION)')
+            infos += file_infos
         return infos
 
     def include_nuscenes_data(self, mode):
@@ -172,7 +202,8 @@ class NuScenesDataset(DatasetTemplate):
                              f'regenerate the infos with MAX_SWEEPS >= {max_sweeps}')
         if self.teacher_cfg:
             return self.get_lidar_and_teacher_features(info, num_sweeps)
-        return load_points_with_sweeps(self.root_path, info, self.draw_sweep_indices(len(info['sweeps']), num_sweeps))
+        sweep_indices = self.draw_sweep_indices(len(info['sweeps']), num_sweeps)
+        return load_points_with_sweeps(self.root_path, info, sweep_indices, nonfinite=self.nonfinite_points)
 
     def get_lidar_and_teacher_features(self, info, num_sweeps):
         """(N, 5 + F) float32: key frame + `num_sweeps` sweeps drawn from those stored in the frame's feature file,
@@ -186,7 +217,7 @@ class NuScenesDataset(DatasetTemplate):
                 f'drawn; lower MAX_SWEEPS or regenerate the features into a new FEATURE_DIR with --num_sweeps '
                 f'{num_sweeps}: {feature_store.PREPARE_COMMAND}')
         sweep_indices = list(self.draw_sweep_indices(stored_sweeps, num_sweeps))
-        parts = load_point_parts(self.root_path, info, sweep_indices)
+        parts = load_point_parts(self.root_path, info, sweep_indices, nonfinite=self.nonfinite_points)
         part_features = feature_store.join_part_features(
             path, features, part_sizes, [0] + [1 + k for k in sweep_indices], [len(part) for part in parts],
             [info['lidar_path']] + [info['sweeps'][k]['lidar_path'] for k in sweep_indices])
@@ -233,7 +264,8 @@ class NuScenesDataset(DatasetTemplate):
         """GT database from the train infos of INFO_PATH['train'] (see gt_database)."""
         from .gt_database import create_groundtruth_database
         infos = self.load_split_infos('train')
-        return create_groundtruth_database(self.root_path, infos, max_sweeps, used_classes, logger=self._log)
+        return create_groundtruth_database(self.root_path, infos, max_sweeps, used_classes, logger=self._log,
+                                           nonfinite=self.nonfinite_points)
 
 
 def create_nuscenes_infos(dataset_cfg, version, data_path, train_split=None, val_split=None, logger=None):
@@ -242,10 +274,12 @@ def create_nuscenes_infos(dataset_cfg, version, data_path, train_split=None, val
     from .nuscenes_utils import create_nuscenes_info
     dataroot = Path(data_path) / version
     max_sweeps = dataset_cfg.MAX_SWEEPS
+    nonfinite = nonfinite_points_policy(dataset_cfg)  # a bad value fails before the long info pass
     info_paths = create_nuscenes_info(version, dataroot, dataroot, max_sweeps, train_split, val_split, logger)
     if 'train' in info_paths:
         train_infos = load_infos(info_paths['train'], require_gt=True, min_sweeps=max_sweeps - 1)
-        create_groundtruth_database(dataroot, train_infos, max_sweeps, logger=logger)
+        create_groundtruth_database(dataroot, train_infos, max_sweeps, logger=logger,
+                                    nonfinite=nonfinite)
     return info_paths
 
 
@@ -270,11 +304,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     from pcdet.config import cfg_from_yaml_file
+    from pcdet.config_registry import validate_config
     from pcdet.utils.common_utils import create_logger
     args = parse_args(argv)
     if args.with_cam:
         raise SystemExit('--with_cam is not supported: pcdet builds LiDAR-only nuScenes infos')
-    dataset_cfg = cfg_from_yaml_file(resolve_cfg_file(args.cfg_file))
+    dataset_cfg = validate_config(cfg_from_yaml_file(resolve_cfg_file(args.cfg_file)), source=args.cfg_file)
     version = args.version or dataset_cfg.VERSION
     data_path = Path(args.data_path) if args.data_path else resolve_data_path(dataset_cfg.DATA_PATH)
     dataset_cfg.VERSION = version

@@ -16,6 +16,10 @@ Info dict, one per keyframe (OpenPCDet schema, spec §2.1; frames: "LiDAR" = key
     gt_boxes_velocity (N, 3) LiDAR-frame velocity (NaN when the devkit cannot estimate it)
     gt_names (N,) detection names or 'ignore';  gt_boxes_token (N,);  num_lidar_pts, num_radar_pts (N,) int
 All geometry goes through the devkit (`get_boxes`, `box_velocity`, `Box.rotate/translate`, `transform_matrix`).
+
+Point loading (`load_point_parts` and its wrappers; dataset, GT database and teacher features alike): rows with
+NaN / inf are dropped with one warning per file, or raise, by `nonfinite` = DATA_CONFIG.NONFINITE_POINTS
+(`point_io.finite_row_mask`); `read_lidar_file` alone returns every row of the file.
 """
 import logging
 from functools import reduce
@@ -23,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...utils.point_io import NONFINITE_POINTS_DEFAULT, finite_row_mask
 from ..prep_utils import REPO_ROOT, resolve_data_path  # noqa: F401  (shared with Waymo; re-exported)
 
 INFO_SCHEMA = 'pcdet.nuscenes.det/1'
@@ -252,13 +257,14 @@ def ego_points_mask(points, ego_radius=1.0):
     return (np.abs(points[:, 0]) < ego_radius) & (np.abs(points[:, 1]) < ego_radius)
 
 
-def load_sweep_points(root_path, sweep, ego_radius=1.0, return_raw_rows=False):
+def load_sweep_points(root_path, sweep, ego_radius=1.0, return_raw_rows=False, nonfinite=NONFINITE_POINTS_DEFAULT):
     """(M, 5) float32 x, y, z, intensity, time_lag of one sweep in the keyframe LiDAR frame; points with
-    |x| < ego_radius and |y| < ego_radius (the ego vehicle, in the sweep's own frame) are removed first.
-    `return_raw_rows=True` also returns the (M,) int64 row index of every kept point in the `.pcd.bin` file (to
-    pick per-point labels of the same points)."""
-    points = read_lidar_file(Path(root_path) / sweep['lidar_path'])[:, :4]
-    raw_rows = np.flatnonzero(~ego_points_mask(points, ego_radius))
+    |x| < ego_radius and |y| < ego_radius (the ego vehicle, in the sweep's own frame) and non-finite rows
+    (`nonfinite` policy, module doc) are removed first. `return_raw_rows=True` also returns the (M,) int64 row
+    index of every kept point in the `.pcd.bin` file (to pick per-point labels of the same points)."""
+    path = Path(root_path) / sweep['lidar_path']
+    points = read_lidar_file(path)[:, :4]  # the ring column is not used: its values do not matter
+    raw_rows = np.flatnonzero(finite_row_mask(points, path, nonfinite) & ~ego_points_mask(points, ego_radius))
     points = points[raw_rows]
     if sweep['transform_matrix'] is not None:
         transform = np.asarray(sweep['transform_matrix'], dtype=np.float64)
@@ -268,32 +274,40 @@ def load_sweep_points(root_path, sweep, ego_radius=1.0, return_raw_rows=False):
     return (points, raw_rows) if return_raw_rows else points
 
 
-def load_key_frame_points(root_path, info):
-    """(N, 5) float32 x, y, z, intensity, time_lag = 0 of the key frame file (all rows, in file order)."""
-    key_points = read_lidar_file(Path(root_path) / info['lidar_path'])[:, :4]
-    return np.concatenate([key_points, np.zeros((key_points.shape[0], 1), dtype=np.float32)], axis=1)
+def load_key_frame_points(root_path, info, return_raw_rows=False, nonfinite=NONFINITE_POINTS_DEFAULT):
+    """(N, 5) float32 x, y, z, intensity, time_lag = 0 of the key frame file (all finite rows, in file order;
+    non-finite ones per the `nonfinite` policy, module doc); `return_raw_rows=True` also returns their (N,) int64
+    rows in the file."""
+    path = Path(root_path) / info['lidar_path']
+    key_points = read_lidar_file(path)[:, :4]  # the ring column is not used: its values do not matter
+    raw_rows = np.flatnonzero(finite_row_mask(key_points, path, nonfinite))
+    if len(raw_rows) < len(key_points):
+        key_points = key_points[raw_rows]
+    points = np.concatenate([key_points, np.zeros((key_points.shape[0], 1), dtype=np.float32)], axis=1)
+    return (points, raw_rows) if return_raw_rows else points
 
 
-def load_point_parts(root_path, info, sweep_indices, return_raw_rows=False):
+def load_point_parts(root_path, info, sweep_indices, return_raw_rows=False, nonfinite=NONFINITE_POINTS_DEFAULT):
     """The ONE loader of a key frame with sweeps, as a list of parts (each (N_i, 5) float32 x, y, z, intensity,
-    time_lag in the keyframe LiDAR frame): part 0 = the key frame (all rows, file order), then part 1 + j =
-    `info['sweeps'][sweep_indices[j]]` without its ego points (`load_sweep_points`).
+    time_lag in the keyframe LiDAR frame): part 0 = the key frame (all finite rows, file order), then part 1 + j =
+    `info['sweeps'][sweep_indices[j]]` without its ego points (`load_sweep_points`). Non-finite rows follow the
+    `nonfinite` policy ('warn': dropped with one warning per file, 'error': raise).
 
     Both the dataset (`load_points_with_sweeps`) and the offline teacher-feature tool (teachers/prepare.py) go
     through here, so a part's rows are the same points in the same order in both (per-point teacher features are
     stored per part and re-joined to these rows). `return_raw_rows=True` returns `(parts, raw_rows)` where
     `raw_rows[i]` (N_i,) int64 are the rows of part i in its `.pcd.bin` file."""
-    key_points = load_key_frame_points(root_path, info)
-    parts, raw_rows = [key_points], [np.arange(key_points.shape[0], dtype=np.int64)]
+    key_points, key_rows = load_key_frame_points(root_path, info, return_raw_rows=True, nonfinite=nonfinite)
+    parts, raw_rows = [key_points], [key_rows]
     for k in sweep_indices:
-        points, rows = load_sweep_points(root_path, info['sweeps'][k], return_raw_rows=True)
+        points, rows = load_sweep_points(root_path, info['sweeps'][k], return_raw_rows=True, nonfinite=nonfinite)
         parts.append(points)
         raw_rows.append(rows)
     return (parts, raw_rows) if return_raw_rows else parts
 
 
-def load_points_with_sweeps(root_path, info, sweep_indices):
+def load_points_with_sweeps(root_path, info, sweep_indices, nonfinite=NONFINITE_POINTS_DEFAULT):
     """(N, 5) float32 x, y, z, intensity, time_lag: keyframe (time 0) then `info['sweeps'][k]` for k in order
     (the concatenation of `load_point_parts`)."""
-    parts = load_point_parts(root_path, info, sweep_indices)
+    parts = load_point_parts(root_path, info, sweep_indices, nonfinite=nonfinite)
     return np.concatenate(parts, axis=0).astype(np.float32, copy=False)

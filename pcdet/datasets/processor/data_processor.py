@@ -14,17 +14,41 @@ Each list entry `{NAME: <processor>, ...}` becomes one step; unknown names are r
   `grid_size` / `voxel_size` at build time (DSVT: dynamic voxelization happens in the model); data untouched.
 
 Build-time attributes: `grid_size` int64 (nx, ny, nz) and `voxel_size` (list of 3 floats), or None if no step
-defines a voxel size.
+defines a voxel size. A VOXEL_SIZE that does not divide the POINT_CLOUD_RANGE extent is accepted (the grid is
+rounded, as upstream) with a warning (logger WARNING + `warnings.warn`) naming both and the fractional grid size:
+the last cells then stick out of the range or leave a strip of in-range points outside the grid, which a model
+config whose shapes were edited to the rounded grid no longer reveals. This is the one place the dataset's grid is
+derived.
 """
+import logging
+import warnings
 from functools import partial
 
 import numpy as np
 
 from ...config import ConfigError, require_keys
 from ...utils import box_utils
-from .voxelization import compute_grid_size, hard_voxelize
+from .voxelization import compute_grid_size, fractional_grid_size, grid_size_is_integer, hard_voxelize
 
 SECTION = 'DATA_CONFIG.DATA_PROCESSOR'
+_log = logging.getLogger(__name__)
+
+
+def warn_if_grid_not_integer(point_cloud_range, voxel_size, section):
+    """Warn (logger + warnings.warn) when `voxel_size` does not divide the range on some axis; returns the message
+    or None. `section` names the VOXEL_SIZE key in the message."""
+    if grid_size_is_integer(point_cloud_range, voxel_size).all():
+        return None
+    cells = fractional_grid_size(point_cloud_range, voxel_size)
+    message = (f'{section}.VOXEL_SIZE {list(voxel_size)} does not divide DATA_CONFIG.POINT_CLOUD_RANGE '
+               f'{[round(float(v), 6) for v in point_cloud_range]}: the grid size is '
+               f'{[round(float(c), 4) for c in cells]} cells, rounded to '
+               f'{compute_grid_size(point_cloud_range, voxel_size).tolist()} (the outer cells stick out of the range '
+               f'or in-range points fall outside the grid); choose a VOXEL_SIZE that divides the range extent or '
+               f'adjust POINT_CLOUD_RANGE')
+    _log.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+    return message
 
 
 def points_in_range_mask(points, point_cloud_range, use_z=False):
@@ -79,6 +103,7 @@ class DataProcessor:
             raise ConfigError(f'{section}.VOXEL_SIZE must have 3 values (x, y, z), got {config.VOXEL_SIZE}')
         self.voxel_size = [float(v) for v in config.VOXEL_SIZE]
         self.grid_size = compute_grid_size(self.point_cloud_range, self.voxel_size)
+        warn_if_grid_not_integer(self.point_cloud_range, self.voxel_size, section)
 
     def calculate_grid_size(self, config, section):
         self._set_voxel_grid(config, section)

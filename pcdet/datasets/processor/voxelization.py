@@ -12,6 +12,8 @@ into voxels is a 1-D `torch.unique` (a sort of int64 values) instead of the much
 rows. Sorting keys sorts voxels by (batch, z, y, x).
 
 Functions:
+    compute_grid_size(pc_range, voxel_size) -> (3,) int64; fractional_grid_size -> (3,) float64 before rounding;
+        grid_size_is_integer -> (3,) bool (does VOXEL_SIZE divide the range? DataProcessor warns when not)
     points_to_voxel_coords(points_xyz (N, 3), ...) -> coords_zyx (N, 3) int64, in_range (N,) bool
     voxel_keys(coords_zyx (V, 3), grid_size, batch_idx (V,) | None) -> (V,) int64
     decode_voxel_keys(keys (V,), grid_size) -> (V, 4) int64 [b, z, y, x]
@@ -51,6 +53,19 @@ def _grid_tensors(pc_range, voxel_size, grid_size, like):
     voxel = torch.as_tensor(np.asarray(voxel_size, dtype=np.float64), dtype=like.dtype, device=like.device)
     grid = torch.as_tensor(np.asarray(grid_size, dtype=np.int64), device=like.device)
     return pc_min, voxel, grid
+
+
+def fractional_grid_size(pc_range, voxel_size):
+    """(3,) float64 `(pc_range[3:6] - pc_range[0:3]) / voxel_size`: the grid before `compute_grid_size` rounds it."""
+    pc_range = np.asarray(pc_range, dtype=np.float64)
+    return (pc_range[3:6] - pc_range[0:3]) / np.asarray(voxel_size, dtype=np.float64)
+
+
+def grid_size_is_integer(pc_range, voxel_size):
+    """(3,) bool per axis: does VOXEL_SIZE divide the POINT_CLOUD_RANGE extent? The tolerance absorbs float32
+    storage of the range (-51.2 as float32 is off by ~1e-6 m), not real remainders."""
+    cells = fractional_grid_size(pc_range, voxel_size)
+    return np.isclose(cells, np.round(cells), rtol=1e-6, atol=1e-4)
 
 
 def compute_grid_size(pc_range, voxel_size):

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import catalog
 from .geometry import bev_rectangles_overlap, min_distance_points_to_rectangles
-from .scene import SceneClutter, SceneObjects
+from .scene_types import SceneClutter, SceneObjects
 
 EGO_PATH_MARGIN_S = 1.0  # the ego body extends ~3.5 m ahead of its origin: extend the path by 1 s both ways
 

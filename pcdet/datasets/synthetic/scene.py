@@ -15,7 +15,8 @@ import numpy as np
 
 from . import catalog
 from .geometry import pose_matrix, rotation_matrix_from_rpy
-
+from .placement import place_clutter, place_objects
+from .scene_types import Primitives, SceneClutter, SceneObjects
 
 VEHICLE_PROFILES = ('box', 'stepped')
 VEHICLE_NOSE_LENGTH = 0.3  # share of the length at the front that is lowered ('stepped' profile)
@@ -143,60 +144,6 @@ class EgoTrajectory:
 
 
 @dataclass(frozen=True)
-class SceneObjects:
-    """M annotated objects moving with constant velocity along straight lines.
-
-    Attributes:
-        kinds: (M,) generic kind names (`catalog.OBJECT_KINDS`); subtypes: (M,) subtype names.
-        sizes: (M, 3) [dx (length), dy (width), dz (height)].
-        centers_t0: (M, 3) box centres at t = 0 (z = box_ground_clearance + dz / 2).
-        headings: (M,) yaw of the length axis. velocities: (M, 2) [vx, vy] (zero for static objects).
-        motion_states: (M,) 'moving', 'stopped' (vehicles at rest on the road), 'parked' or 'static'.
-        has_rider: (M,) bool, True for cycles with a rider. reflectivity: (M,) base intensity 0..255.
-    """
-    kinds: tuple
-    subtypes: tuple
-    sizes: np.ndarray
-    centers_t0: np.ndarray
-    headings: np.ndarray
-    velocities: np.ndarray
-    motion_states: tuple
-    has_rider: np.ndarray
-    reflectivity: np.ndarray
-
-
-@dataclass(frozen=True)
-class SceneClutter:
-    """K static primitives that are not annotated: walls, poles, tree trunks (boxes) and crowns (ellipsoids).
-
-    Attributes:
-        shapes: (K, 7) [x, y, z, dx, dy, dz, yaw]; for ellipsoids dx, dy, dz are the full axis lengths.
-        is_ellipsoid: (K,) bool. semantic: (K,) index into `catalog.SEMANTIC_CLASSES`.
-        reflectivity: (K,) base intensity 0..255.
-    """
-    shapes: np.ndarray
-    is_ellipsoid: np.ndarray
-    semantic: np.ndarray
-    reflectivity: np.ndarray
-
-
-@dataclass(frozen=True)
-class Primitives:
-    """Everything a ray can hit besides the ground, at one instant (global frame).
-
-    Attributes:
-        shapes: (K, 7) [x, y, z, dx, dy, dz, yaw] boxes or ellipsoids. is_ellipsoid: (K,) bool.
-        semantic: (K,) index into `catalog.SEMANTIC_CLASSES`. object_id: (K,) object index, -1 for clutter.
-        reflectivity: (K,) base intensity.
-    """
-    shapes: np.ndarray
-    is_ellipsoid: np.ndarray
-    semantic: np.ndarray
-    object_id: np.ndarray
-    reflectivity: np.ndarray
-
-
-@dataclass(frozen=True)
 class Scene:
     """A simulated scene; query it at any time `t` (seconds)."""
     config: SceneConfig
@@ -295,8 +242,6 @@ def simulate_scene(config, rng):
     Returns:
         Scene.
     """
-    from .placement import place_clutter, place_objects  # placement depends on the classes defined here
-
     speed = rng.uniform(*config.ego_speed_range)
     yaw_rate = rng.uniform(*config.ego_yaw_rate_range) * rng.choice([-1.0, 1.0])
     trajectory = EgoTrajectory(start_xy=tuple(rng.uniform(300.0, 1500.0, size=2)),

@@ -313,9 +313,11 @@ def load_dataset_cfg(cfg_file, set_cfgs=None):
     """DATA_CONFIG of a model / pretraining yaml, or the yaml itself when it is a dataset config; `set_cfgs`
     (`KEY VALUE ...`, keys as in tools/train.py's --set, e.g. DATA_CONFIG.DATA_PATH) are applied first."""
     from ...config import cfg_from_list, cfg_from_yaml_file
+    from ...config_registry import validate_config
     cfg = cfg_from_yaml_file(resolve_cfg_file(cfg_file))
     if set_cfgs:
         cfg_from_list(set_cfgs, cfg)
+    validate_config(cfg, source=str(cfg_file))
     return cfg.DATA_CONFIG if 'DATA_CONFIG' in cfg else cfg
 
 

@@ -9,7 +9,11 @@ cache serves repeated reads); SEQUENCE_CONFIG.ENABLED (multi-frame) is not suppo
 Infos: the per-sequence `<tag>/<sequence>/<sequence>.pkl` of the sequences listed in `ImageSets/<split>.txt` (name
 fallbacks `training_`/`validation_`/`testing_` prefix, without `_with_camera_labels`), validated on load, then every
 SAMPLED_INTERVAL[mode]-th frame of the concatenation. Sequences without a pkl are counted and logged (upstream
-behaviour); with STRICT_SEQUENCE_LIST: True they raise; no frame at all always raises (OpenPCDet #942).
+behaviour); with STRICT_SEQUENCE_LIST: True they raise; no frame at all always raises (OpenPCDet #942), and so
+does a point file referenced by the loaded infos that does not exist (MissingDataFilesError naming the split's
+ImageSets file, the count and the first paths; checked when the split is loaded). Point rows with NaN / inf follow
+NONFINITE_POINTS (`warn`, the default: dropped, one warning per file and process; `error`: raise), in the dataset
+and in the GT database.
 
 Sample (`__getitem__`, before `prepare_data`): sample_idx, points (N, 5) float32 x, y, z, intensity, elongation
 (NLZ / tanh per config), frame_id; with labels: gt_names, gt_boxes (M, 7), or (M, 9) with TRAIN_WITH_SPEED
@@ -42,13 +46,23 @@ import numpy as np
 
 from ...config import ConfigError
 from ...utils.file_utils import atomic_pickle_dump
-from ..dataset import DatasetTemplate
-from ..prep_utils import InfoSchemaError, process_pool, resolve_cfg_file, resolve_data_path
+from ...utils.point_io import nonfinite_points_policy
+from ..dataset import DatasetTemplate, check_has_samples
+from ..prep_utils import InfoSchemaError, check_files_exist, process_pool, resolve_cfg_file, resolve_data_path
 from ..teachers import feature_store
 from . import waymo_utils
-from .waymo_utils import (CREATE_INFOS_COMMAND, INFO_SCHEMA, MissingSequenceError,  # noqa: F401 (re-exported)
-                          WaymoPointFileError, candidate_sequence_names, load_points, load_sequence_infos,
-                          points_tanh_dims, read_image_set)
+from .waymo_utils import (  # noqa: F401 (re-exported)
+    CREATE_INFOS_COMMAND,
+    INFO_SCHEMA,
+    MissingSequenceError,
+    WaymoPointFileError,
+    candidate_sequence_names,
+    load_points,
+    load_sequence_infos,
+    points_tanh_dims,
+    read_image_set,
+)
+
 
 def point_transform_of(dataset_cfg):
     """{'points_tanh_dim', 'nlz_points_kept'} of a dataset config (what `get_lidar` does to the stored points)."""
@@ -86,6 +100,7 @@ class WaymoDataset(DatasetTemplate):
                               'the sample) is not supported by pcdet yet; set it to False')
         self.data_path = self.root_path / dataset_cfg.PROCESSED_DATA_TAG
         self.point_transform = point_transform_of(dataset_cfg)
+        self.nonfinite_points = nonfinite_points_policy(dataset_cfg)
         if dataset_cfg.get('USE_SHARED_MEMORY', False):
             self._log.info('USE_SHARED_MEMORY is ignored: point files are read through the page cache')
         self.split = dataset_cfg.DATA_SPLIT[self.mode]
@@ -141,6 +156,10 @@ class WaymoDataset(DatasetTemplate):
         if interval > 1:
             infos = infos[::interval]
             self._log.info(f'Total sampled samples for Waymo dataset: {len(infos)} (SAMPLED_INTERVAL {interval})')
+        source = f'{image_set} (sequence infos under {self.data_path})'
+        check_has_samples(infos, source, self.split, f'reconvert the sequences: {self._create_hint()}')
+        check_files_exist((self._lidar_file(info) for info in infos), source, 'point files',
+                          f'delete the .pkl of the affected sequences and rerun: {self._create_hint()}')
         self.infos, self.seq_name_to_infos = infos, seq_name_to_infos
         return seq_name_to_infos
 
@@ -156,23 +175,29 @@ class WaymoDataset(DatasetTemplate):
                     rebuild_hint=('Rebuild: python -m pcdet.datasets.waymo.waymo_dataset --func '
                                   'create_waymo_gt_database --cfg_file <this config>'))
 
+    def _lidar_file(self, info):
+        return waymo_utils.lidar_file(self.data_path, info['point_cloud']['lidar_sequence'],
+                                      info['point_cloud']['sample_idx'])
+
     def get_lidar(self, sequence_name, sample_idx):
-        """(N, 5) float32 x, y, z, intensity, elongation with the config's NLZ handling and tanh columns."""
+        """(N, 5) float32 x, y, z, intensity, elongation with the config's NLZ handling, NONFINITE_POINTS policy and
+        tanh columns."""
         return load_points(waymo_utils.lidar_file(self.data_path, sequence_name, sample_idx),
-                           self.point_transform['points_tanh_dim'], self.point_transform['nlz_points_kept'])
+                           self.point_transform['points_tanh_dim'], self.point_transform['nlz_points_kept'],
+                           nonfinite=self.nonfinite_points)
 
     def get_teacher_features(self, sequence_name, sample_idx, frame_id):
-        """(N', F) float32 stored teacher features of a frame, rows matching `get_lidar` (NLZ mask applied)."""
+        """(N', F) float32 stored teacher features of a frame, rows matching `get_lidar` (its NLZ and non-finite row
+        selection, `waymo_utils.kept_rows`, applied)."""
         path = feature_store.feature_path(self.teacher_feature_root, '', frame_id)
         features, part_sizes = feature_store.load_frame_features(path, self.num_teacher_features)
         lidar_path = waymo_utils.lidar_file(self.data_path, sequence_name, sample_idx)
         stored_points = np.load(lidar_path, mmap_mode='r')  # rows + NLZ flags only; get_lidar validated the file
         features = feature_store.join_part_features(path, features, part_sizes, [0], [len(stored_points)],
                                                     [str(lidar_path)])
-        if not self.point_transform['nlz_points_kept']:
-            nlz_column = waymo_utils.POINT_COLUMNS_ON_DISK.index('NLZ_flag')
-            features = features[np.asarray(stored_points[:, nlz_column]) == -1]  # load_points' row filter
-        return features
+        keep = waymo_utils.kept_rows(stored_points, lidar_path, self.point_transform['nlz_points_kept'],
+                                     self.nonfinite_points)  # load_points' row filter
+        return features if keep.all() else features[keep]
 
     def __len__(self):
         if self._merge_all_iters_to_one_epoch:
@@ -250,6 +275,7 @@ def create_waymo_gt_database(dataset_cfg, data_path, processed_data_tag=None, sp
     split = split or dataset_cfg.DATA_SPLIT['train']
     processed_path = data_path / processed_data_tag
     transform = point_transform_of(dataset_cfg)
+    nonfinite = nonfinite_points_policy(dataset_cfg)
     if info_path is not None:
         infos = load_sequence_infos(info_path, require_gt=True)
         num_infos = len(infos)
@@ -260,7 +286,7 @@ def create_waymo_gt_database(dataset_cfg, data_path, processed_data_tag=None, sp
     def load_fn(info):
         path = waymo_utils.lidar_file(processed_path, info['point_cloud']['lidar_sequence'],
                                       info['point_cloud']['sample_idx'])
-        return load_points(path, transform['points_tanh_dim'], transform['nlz_points_kept'])
+        return load_points(path, transform['points_tanh_dim'], transform['nlz_points_kept'], nonfinite=nonfinite)
 
     return create_groundtruth_database(
         save_path or data_path, infos, load_fn, processed_data_tag, transform, split=split,
@@ -404,7 +430,8 @@ def parse_args(argv=None):
 def load_dataset_cfg(cfg_file):
     """A dataset config, or the DATA_CONFIG of a model config."""
     from ...config import cfg_from_yaml_file
-    cfg = cfg_from_yaml_file(resolve_cfg_file(cfg_file))
+    from ...config_registry import validate_config
+    cfg = validate_config(cfg_from_yaml_file(resolve_cfg_file(cfg_file)), source=str(cfg_file))
     return cfg.DATA_CONFIG if 'DATA_CONFIG' in cfg else cfg
 
 

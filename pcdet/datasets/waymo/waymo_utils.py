@@ -26,8 +26,12 @@ Info dict per frame (OpenPCDet schema, spec §2.2, plus `info_schema`):
 Arrays keep their shapes when empty ((0, 3), (0, 9), ...), unlike upstream's `np.array([])`.
 
 Loading (`load_points`): the first 5 columns; points with NLZ_flag != -1 dropped unless `keep_nlz`
-(`DISABLE_NLZ_FLAG_ON_POINTS`); `tanh` on the columns of `points_tanh_dims(cfg)` (`POINTS_TANH_DIM`, default
-[3] = intensity only, as upstream). A file that is not a float (N, 6) array raises ValueError naming it.
+(`DISABLE_NLZ_FLAG_ON_POINTS`); with a `nonfinite` policy (DATA_CONFIG.NONFINITE_POINTS; the dataset and the GT
+database pass it) rows with NaN / inf in those 5 columns are dropped with one warning per file ('warn') or raise
+('error'), see `point_io.finite_row_mask`; without one (None, the teacher-feature tool, which stores one feature row
+per stored point) every row is kept. `kept_rows` is that row selection, so per-row data of the stored file can be
+filtered alike. Then `tanh` on the columns of `points_tanh_dims(cfg)` (`POINTS_TANH_DIM`, default [3] = intensity
+only, as upstream). A file that is not a float (N, 6) array raises ValueError naming it.
 """
 import logging
 import os
@@ -40,6 +44,7 @@ import numpy as np
 
 from ...config import ConfigError
 from ...utils.file_utils import atomic_pickle_dump, atomic_write
+from ...utils.point_io import finite_row_mask
 from ..prep_utils import InfoSchemaError, load_pickle, validate_info_list
 
 INFO_SCHEMA = 'pcdet.waymo.det/1'
@@ -259,8 +264,19 @@ def points_tanh_dims(dataset_cfg):
     return sorted(set(dims))
 
 
-def load_points(path, tanh_dims=(3,), keep_nlz=True):
-    """(N', 5) float32 x, y, z, intensity, elongation of a processed frame (module doc)."""
+def kept_rows(stored_points, path, keep_nlz=True, nonfinite=None):
+    """(N,) bool over the rows of a stored (N, 6) frame: the rows `load_points` returns (module doc)."""
+    keep = np.ones(len(stored_points), dtype=bool)
+    if not keep_nlz:
+        keep &= np.asarray(stored_points[:, POINT_COLUMNS_ON_DISK.index('NLZ_flag')]) == -1
+    if nonfinite is not None:
+        keep &= finite_row_mask(np.asarray(stored_points[:, 0:NUM_POINT_FEATURES]), path, nonfinite)
+    return keep
+
+
+def load_points(path, tanh_dims=(3,), keep_nlz=True, nonfinite=None):
+    """(N', 5) float32 x, y, z, intensity, elongation of a processed frame (module doc; `nonfinite`: None keeps
+    every row, 'warn' / 'error' is the DATA_CONFIG.NONFINITE_POINTS policy)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'Waymo point file {path} not found; rerun create_waymo_infos (a sequence whose '
@@ -277,8 +293,9 @@ def load_points(path, tanh_dims=(3,), keep_nlz=True):
             f'§2.2). Was it written by another tool or with other columns? Delete the sequence folder and rerun '
             f'create_waymo_infos')
     points_all = points[:, 0:NUM_POINT_FEATURES].astype(np.float32)
-    if not keep_nlz:
-        points_all = points_all[points[:, 5] == -1]
+    keep = kept_rows(points, path, keep_nlz, nonfinite)
+    if not keep.all():
+        points_all = points_all[keep]
     for dim in tanh_dims:
         points_all[:, dim] = np.tanh(points_all[:, dim])
     return points_all

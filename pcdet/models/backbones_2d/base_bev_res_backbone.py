@@ -7,6 +7,8 @@ downsample_layer.1}.*` and `deblocks.<level>.{0, 1}.*`. Unlike upstream, fractio
 import torch
 from torch import nn
 
+from ...config_schema import REQUIRED, Schema
+
 
 class BasicBlock(nn.Module):
     """ResNet basic block: conv3x3(stride) -> BN -> ReLU -> conv3x3 -> BN, plus identity or
@@ -49,10 +51,14 @@ class BaseBEVResBackbone(nn.Module):
     without deblocks) and `H' = H * UPSAMPLE_STRIDES[0] / LAYER_STRIDES[0]`.
     """
 
+    CONFIG_SCHEMA = Schema('MODEL.BACKBONE_2D (BaseBEVResBackbone)', {
+        'NAME': REQUIRED, 'LAYER_NUMS': None, 'LAYER_STRIDES': None, 'NUM_FILTERS': None,
+        'UPSAMPLE_STRIDES': None, 'NUM_UPSAMPLE_FILTERS': None})
+
     def __init__(self, model_cfg, input_channels):
         super().__init__()
         self.model_cfg = model_cfg
-        if model_cfg.get('LAYER_NUMS', None) is not None:
+        if self.CONFIG_SCHEMA.get(model_cfg, 'LAYER_NUMS') is not None:
             if not len(model_cfg.LAYER_NUMS) == len(model_cfg.LAYER_STRIDES) == len(model_cfg.NUM_FILTERS):
                 raise ValueError('BACKBONE_2D: LAYER_NUMS, LAYER_STRIDES and NUM_FILTERS need one entry per level, got '
                                  f'{list(model_cfg.LAYER_NUMS)}, {list(model_cfg.LAYER_STRIDES)}, '
@@ -61,7 +67,7 @@ class BaseBEVResBackbone(nn.Module):
             num_filters = list(model_cfg.NUM_FILTERS)
         else:
             layer_nums = layer_strides = num_filters = []
-        if model_cfg.get('UPSAMPLE_STRIDES', None) is not None:
+        if self.CONFIG_SCHEMA.get(model_cfg, 'UPSAMPLE_STRIDES') is not None:
             if len(model_cfg.UPSAMPLE_STRIDES) != len(model_cfg.NUM_UPSAMPLE_FILTERS):
                 raise ValueError('BACKBONE_2D: UPSAMPLE_STRIDES and NUM_UPSAMPLE_FILTERS must have the same length, '
                                  f'got {list(model_cfg.UPSAMPLE_STRIDES)} and {list(model_cfg.NUM_UPSAMPLE_FILTERS)}')

@@ -31,22 +31,29 @@ from torch import nn
 
 from pcdet.ops.scatter import scatter_mean
 
+from ...config_schema import REQUIRED, Schema
 from ..backbones_3d.dsvt import DSVT
 from ..backbones_3d.dsvt_mae import compose_pooling_maps
 
 DECODER_MODES = ('voxel', 'bev')
 
 
+# The decoder transformer: a DSVT backbone config without NAME.
+DECODER_DSVT_SCHEMA = Schema('BACKBONE_2D.DSVT', {k: v for k, v in DSVT.CONFIG_SCHEMA.keys.items() if k != 'NAME'},
+                             required=True)
+
+
 class GPictureDecoder(nn.Module):
+    CONFIG_SCHEMA = Schema('MODEL.BACKBONE_2D (GPictureDecoder)', {
+        'NAME': REQUIRED, 'MODE': 'voxel', 'DSVT': DECODER_DSVT_SCHEMA})
+
     def __init__(self, model_cfg, input_channels, grid_size, voxel_size, point_cloud_range, **kwargs):
         super().__init__()
         self.model_cfg = model_cfg
-        self.mode = model_cfg.get('MODE', 'voxel')
+        self.mode = self.CONFIG_SCHEMA.get(model_cfg, 'MODE')
         if self.mode not in DECODER_MODES:
             raise ValueError(f'BACKBONE_2D.MODE {self.mode!r}: expected one of {list(DECODER_MODES)}')
-        if 'DSVT' not in model_cfg:
-            raise KeyError('BACKBONE_2D.DSVT (the decoder transformer config) is required for GPictureDecoder')
-        decoder_cfg = EasyDict(dict(model_cfg.DSVT))
+        decoder_cfg = EasyDict(dict(self.CONFIG_SCHEMA.get(model_cfg, 'DSVT')))
         grid_size = [int(v) for v in grid_size]
         voxel_size = [float(v) for v in voxel_size]
         point_cloud_range = [float(v) for v in point_cloud_range]

@@ -25,28 +25,27 @@ forward(batch_dict):
 """
 import torch
 
+from ...config_schema import Schema, check_block
 from ..pretraining.i2mask import DEFAULT_I2MASK_CFG, i2mask_batch, read_i2mask_cfg
 from ..pretraining.point_groups import voxel_mean_features
 from .dsvt import DSVT
 
-# DSVT_MAE's own MASK_CONFIG keys; the I²Mask keys, their defaults and checks come from `read_i2mask_cfg`.
-MASK_DEFAULTS = {'TYPE': 'i2mask', 'RANDOM_MASK_RATIO': 0.6, 'NORMALIZE_TARGETS': False}
+# DSVT_MAE's own MASK_CONFIG keys plus the I²Mask keys (defaults and checks from `pretraining.i2mask`).
+MASK_CONFIG_SCHEMA = Schema('BACKBONE_3D.MASK_CONFIG', {
+    'TYPE': 'i2mask', 'RANDOM_MASK_RATIO': 0.6, 'NORMALIZE_TARGETS': False, **DEFAULT_I2MASK_CFG})
 MASK_TYPES = ('i2mask', 'random', 'none')
 
 
 def resolve_mask_config(model_cfg):
     """`BACKBONE_3D.MASK_CONFIG` with defaults filled in; unknown keys, types or bad I²Mask values are errors
     naming them."""
-    given = dict(model_cfg.get('MASK_CONFIG', None) or {})
-    known = sorted(set(MASK_DEFAULTS) | set(DEFAULT_I2MASK_CFG))
-    unknown = sorted(set(given) - set(known))
-    if unknown:
-        raise ValueError(f'BACKBONE_3D.MASK_CONFIG: unknown key(s) {unknown}; known: {known}')
+    given = DSVT_MAE.CONFIG_SCHEMA.get(model_cfg, 'MASK_CONFIG')
+    check_block(given, MASK_CONFIG_SCHEMA, 'BACKBONE_3D.MASK_CONFIG')
     try:
         i2mask_cfg = read_i2mask_cfg(given)
     except ValueError as err:
         raise ValueError(f'BACKBONE_3D.MASK_CONFIG: {err}') from None
-    cfg = {**MASK_DEFAULTS, **i2mask_cfg, **{key: given[key] for key in MASK_DEFAULTS if key in given}}
+    cfg = {**MASK_CONFIG_SCHEMA.fill(given), **i2mask_cfg}
     if cfg['TYPE'] not in MASK_TYPES:
         raise ValueError(f'BACKBONE_3D.MASK_CONFIG.TYPE {cfg["TYPE"]!r}: expected one of {list(MASK_TYPES)}')
     return cfg
@@ -78,6 +77,8 @@ def random_mask(valid, batch_index, batch_size, ratio, generator):
 
 class DSVT_MAE(DSVT):  # noqa: N801 (OpenPCDet-style registry name)
     """DSVT with I²Mask input masking; see the module docstring for config and batch_dict keys."""
+
+    CONFIG_SCHEMA = DSVT.CONFIG_SCHEMA.extend('MODEL.BACKBONE_3D (DSVT_MAE)', {'MASK_CONFIG': MASK_CONFIG_SCHEMA})
 
     def __init__(self, model_cfg, **kwargs):
         super().__init__(model_cfg, **kwargs)

@@ -37,7 +37,9 @@ import torch
 import torch.nn as nn
 from torch.nn.init import kaiming_normal_
 
+from ...config_schema import REQUIRED, MapOf, Schema
 from ...utils import loss_utils
+from ..detectors.detector3d_template import DENSE_HEAD_BASE_SCHEMA
 from ..model_utils import centernet_utils, model_nms_utils
 from .target_assigner import center_targets
 
@@ -79,6 +81,21 @@ class SeparateHead(nn.Module):
         return {cur_name: self.__getattr__(cur_name)(x) for cur_name in self.sep_head_dict}
 
 
+TARGET_ASSIGNER_SCHEMA = Schema('DENSE_HEAD.TARGET_ASSIGNER_CONFIG', {
+    'FEATURE_MAP_STRIDE': REQUIRED, 'NUM_MAX_OBJS': REQUIRED, 'GAUSSIAN_OVERLAP': REQUIRED, 'MIN_RADIUS': REQUIRED},
+    required=True)
+LOSS_WEIGHTS_SCHEMA = Schema('DENSE_HEAD.LOSS_CONFIG.LOSS_WEIGHTS', {
+    'cls_weight': REQUIRED, 'loc_weight': REQUIRED, 'code_weights': None}, required=True)
+POST_PROCESSING_SCHEMA = Schema('DENSE_HEAD.POST_PROCESSING', {
+    'SCORE_THRESH': REQUIRED,
+    'POST_CENTER_LIMIT_RANGE': REQUIRED,
+    'MAX_OBJ_PER_SAMPLE': REQUIRED,
+    'USE_IOU_TO_RECTIFY_SCORE': False,
+    'IOU_RECTIFIER': None,              # one alpha per class (or one for all); needed with USE_IOU_TO_RECTIFY_SCORE
+    'NMS_CONFIG': model_nms_utils.NMS_CONFIG_SCHEMA.extend('DENSE_HEAD.POST_PROCESSING.NMS_CONFIG', {}),
+}, required=True)
+
+
 class CenterHead(nn.Module):
     """CenterPoint head; see the module docstring for the batch_dict contract and config keys.
 
@@ -89,6 +106,24 @@ class CenterHead(nn.Module):
         (two-stage models).
     """
 
+    CONFIG_SCHEMA = DENSE_HEAD_BASE_SCHEMA.extend('MODEL.DENSE_HEAD (CenterHead)', {
+        'CLASS_NAMES_EACH_HEAD': REQUIRED,
+        'SHARED_CONV_CHANNEL': REQUIRED,
+        'USE_BIAS_BEFORE_NORM': False,
+        'NUM_HM_CONV': REQUIRED,
+        'BN_EPS': 1e-5,
+        'BN_MOM': 0.1,
+        'IOU_REG_LOSS': False,
+        'SEPARATE_HEAD_CFG': Schema('DENSE_HEAD.SEPARATE_HEAD_CFG', {
+            'HEAD_ORDER': REQUIRED,
+            'HEAD_DICT': MapOf(Schema('SEPARATE_HEAD_CFG.HEAD_DICT entry', {'out_channels': REQUIRED,
+                                                                             'num_conv': REQUIRED}), default={}),
+        }, required=True),
+        'TARGET_ASSIGNER_CONFIG': TARGET_ASSIGNER_SCHEMA,
+        'LOSS_CONFIG': Schema('DENSE_HEAD.LOSS_CONFIG', {'LOSS_WEIGHTS': LOSS_WEIGHTS_SCHEMA}, required=True),
+        'POST_PROCESSING': POST_PROCESSING_SCHEMA,
+    })
+
     def __init__(self, model_cfg, input_channels, num_class, class_names, grid_size, point_cloud_range, voxel_size,
                  predict_boxes_when_training=True):
         super().__init__()
@@ -97,9 +132,9 @@ class CenterHead(nn.Module):
         self.grid_size = np.asarray(grid_size)
         self.point_cloud_range = [float(v) for v in point_cloud_range]
         self.voxel_size = [float(v) for v in voxel_size]
-        self.feature_map_stride = model_cfg.TARGET_ASSIGNER_CONFIG.get('FEATURE_MAP_STRIDE', None)
-        if self.feature_map_stride is None:
-            raise ValueError('DENSE_HEAD.TARGET_ASSIGNER_CONFIG.FEATURE_MAP_STRIDE is required by CenterHead')
+        schema = self.CONFIG_SCHEMA
+        self.feature_map_stride = TARGET_ASSIGNER_SCHEMA.get(schema.get(model_cfg, 'TARGET_ASSIGNER_CONFIG'),
+                                                             'FEATURE_MAP_STRIDE')
 
         self.class_names = list(class_names)
         self.class_names_each_head = []
@@ -116,8 +151,9 @@ class CenterHead(nn.Module):
             raise ValueError(f'DENSE_HEAD.CLASS_NAMES_EACH_HEAD has a head with no class of CLASS_NAMES '
                              f'{self.class_names}: {list(model_cfg.CLASS_NAMES_EACH_HEAD)}')
 
-        use_bias = model_cfg.get('USE_BIAS_BEFORE_NORM', False)
-        norm_func = partial(nn.BatchNorm2d, eps=model_cfg.get('BN_EPS', 1e-5), momentum=model_cfg.get('BN_MOM', 0.1))
+        use_bias = schema.get(model_cfg, 'USE_BIAS_BEFORE_NORM')
+        norm_func = partial(nn.BatchNorm2d, eps=schema.get(model_cfg, 'BN_EPS'),
+                            momentum=schema.get(model_cfg, 'BN_MOM'))
         self.shared_conv = nn.Sequential(
             nn.Conv2d(input_channels, model_cfg.SHARED_CONV_CHANNEL, 3, stride=1, padding=1, bias=use_bias),
             norm_func(model_cfg.SHARED_CONV_CHANNEL),
@@ -138,7 +174,7 @@ class CenterHead(nn.Module):
                 use_bias=use_bias, norm_func=norm_func))
 
         self.code_size = sum(head_dict[name]['out_channels'] for name in self.separate_head_cfg.HEAD_ORDER)
-        code_weights = model_cfg.LOSS_CONFIG.LOSS_WEIGHTS.get('code_weights', None)
+        code_weights = LOSS_WEIGHTS_SCHEMA.get(model_cfg.LOSS_CONFIG.LOSS_WEIGHTS, 'code_weights')
         if code_weights is not None and len(code_weights) != self.code_size:
             raise ValueError(f'LOSS_CONFIG.LOSS_WEIGHTS.code_weights has {len(code_weights)} entries but HEAD_ORDER '
                              f'{list(self.separate_head_cfg.HEAD_ORDER)} predicts {self.code_size} values')
@@ -200,7 +236,7 @@ class CenterHead(nn.Module):
         pred_dicts = self.forward_ret_dict['pred_dicts']
         target_dicts = self.forward_ret_dict['target_dicts']
         loss_weights = self.model_cfg.LOSS_CONFIG.LOSS_WEIGHTS
-        iou_reg = self.model_cfg.get('IOU_REG_LOSS', False)
+        iou_reg = self.CONFIG_SCHEMA.get(self.model_cfg, 'IOU_REG_LOSS')
 
         tb_dict = {}
         loss = 0
@@ -216,7 +252,7 @@ class CenterHead(nn.Module):
             target_boxes = target_boxes[..., :pred_boxes.shape[1]]
             reg_loss = self.reg_loss_func(pred_boxes, target_dicts['masks'][idx], target_dicts['inds'][idx],
                                           target_boxes)
-            code_weights = loss_weights.get('code_weights', None)
+            code_weights = LOSS_WEIGHTS_SCHEMA.get(loss_weights, 'code_weights')
             if code_weights is not None:
                 reg_loss = reg_loss * reg_loss.new_tensor(code_weights)
             loc_loss = reg_loss.sum() * loss_weights['loc_weight']
@@ -277,11 +313,11 @@ class CenterHead(nn.Module):
         if nms_type == 'class_specific_nms':
             selected, _ = model_nms_utils.class_specific_nms(
                 box_scores=scores, box_preds=boxes, box_labels=labels, nms_config=nms_config,
-                score_thresh=nms_config.get('SCORE_THRESH', None))
+                score_thresh=model_nms_utils.NMS_CONFIG_SCHEMA.get(nms_config, 'SCORE_THRESH'))
         elif nms_type == 'multi_class_nms':
             selected, _ = model_nms_utils.multi_classes_nms_mmdet(
                 box_scores=scores, box_preds=boxes, box_labels=labels, nms_config=nms_config,
-                score_thresh=nms_config.get('SCORE_THRESH', None))
+                score_thresh=model_nms_utils.NMS_CONFIG_SCHEMA.get(nms_config, 'SCORE_THRESH'))
         elif nms_type == 'circle_nms':
             thresh = nms_config.NMS_THRESH
             if isinstance(thresh, (list, tuple)):
@@ -324,7 +360,8 @@ class CenterHead(nn.Module):
             mapping = self.class_id_mapping_each_head[idx].to(batch_hm.device)
             for k, final_dict in enumerate(final_pred_dicts):
                 final_dict['pred_labels'] = mapping[final_dict['pred_labels'].long()]
-                if post_process_cfg.get('USE_IOU_TO_RECTIFY_SCORE', False) and 'pred_iou' in final_dict:
+                if POST_PROCESSING_SCHEMA.get(post_process_cfg, 'USE_IOU_TO_RECTIFY_SCORE') and \
+                        'pred_iou' in final_dict:
                     final_dict['pred_scores'] = self._rectify_scores(
                         final_dict['pred_scores'], final_dict['pred_iou'], final_dict['pred_labels'],
                         post_process_cfg)

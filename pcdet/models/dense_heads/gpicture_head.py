@@ -33,20 +33,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...config_schema import Schema, check_block
+from ..detectors.detector3d_template import DENSE_HEAD_BASE_SCHEMA
 from ..pretraining.chamfer import masked_chamfer_distance
 from ..pretraining.point_groups import group_points_per_voxel
 
-DGPL_DEFAULTS = {'ENABLED': True, 'GAMMA': 10.0, 'DELTA': 0.2, 'NUM_FRAMES': 4, 'SEED': 0, 'LAYERS': [0, 1, 2, 3],
-                 'FIXED_BETA': None}
+DGPL_SCHEMA = Schema('DENSE_HEAD.DGPL', {'ENABLED': True, 'GAMMA': 10.0, 'DELTA': 0.2, 'NUM_FRAMES': 4, 'SEED': 0,
+                                         'LAYERS': [0, 1, 2, 3], 'FIXED_BETA': None})
 
 
 def resolve_dgpl_config(model_cfg):
-    """`DENSE_HEAD.DGPL` merged over `DGPL_DEFAULTS`; unknown keys are an error naming them."""
-    given = dict(model_cfg.get('DGPL', None) or {})
-    unknown = sorted(set(given) - set(DGPL_DEFAULTS))
-    if unknown:
-        raise ValueError(f'DENSE_HEAD.DGPL: unknown key(s) {unknown}; known: {sorted(DGPL_DEFAULTS)}')
-    return {**DGPL_DEFAULTS, **given}
+    """`DENSE_HEAD.DGPL` with `DGPL_SCHEMA`'s defaults filled in; unknown keys are an error naming them."""
+    given = GPicturePretrainHead.CONFIG_SCHEMA.get(model_cfg, 'DGPL')
+    check_block(given, DGPL_SCHEMA, 'DENSE_HEAD.DGPL')
+    return dict(DGPL_SCHEMA.fill(given))
 
 
 def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
@@ -56,16 +56,25 @@ def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
 
 
 class GPicturePretrainHead(nn.Module):
+    CONFIG_SCHEMA = DENSE_HEAD_BASE_SCHEMA.extend('MODEL.DENSE_HEAD (GPicturePretrainHead)', {
+        'NUM_PRD_POINTS': 16, 'NUM_GT_POINTS': 64, 'NUM_SEAL_FEATURES': 64, 'SEAL_LOSS_BETA': 1.0,
+        'NORMALIZE_POINT_TARGETS': False, 'HIERARCHICAL': False, 'LAYER_INDEX': -1,
+        'CKA_ALPHA': None,          # required in practice: one weight per encoder layer
+        'CKA_ALHPA': None,          # the released configs' spelling, used when CKA_ALPHA is absent
+        'DGPL': DGPL_SCHEMA,
+    })
     def __init__(self, model_cfg, input_channels, voxel_size, point_cloud_range, num_encoder_layers=None, **kwargs):
         super().__init__()
         self.model_cfg = model_cfg
-        self.num_pred_points = int(model_cfg.get('NUM_PRD_POINTS', 16))
-        self.num_gt_points = int(model_cfg.get('NUM_GT_POINTS', 64))
-        self.num_seal_features = int(model_cfg.get('NUM_SEAL_FEATURES', 64))
-        self.seal_loss_beta = float(model_cfg.get('SEAL_LOSS_BETA', 1.0))
-        self.normalize_point_targets = bool(model_cfg.get('NORMALIZE_POINT_TARGETS', False))
-        self.hierarchical = bool(model_cfg.get('HIERARCHICAL', False))
-        alphas = model_cfg.get('CKA_ALPHA', model_cfg.get('CKA_ALHPA', None))
+        schema = self.CONFIG_SCHEMA
+        self.num_pred_points = int(schema.get(model_cfg, 'NUM_PRD_POINTS'))
+        self.num_gt_points = int(schema.get(model_cfg, 'NUM_GT_POINTS'))
+        self.num_seal_features = int(schema.get(model_cfg, 'NUM_SEAL_FEATURES'))
+        self.seal_loss_beta = float(schema.get(model_cfg, 'SEAL_LOSS_BETA'))
+        self.normalize_point_targets = bool(schema.get(model_cfg, 'NORMALIZE_POINT_TARGETS'))
+        self.hierarchical = bool(schema.get(model_cfg, 'HIERARCHICAL'))
+        alphas = schema.get(model_cfg, 'CKA_ALPHA')
+        alphas = schema.get(model_cfg, 'CKA_ALHPA') if alphas is None else alphas
         if not alphas:
             raise KeyError('DENSE_HEAD.CKA_ALPHA (per-encoder-layer CKA weights, e.g. [0.97, 0.88, 0.78, 0.64, 0.55, '
                            '0.44, 0.36, 0.31]) is required')
@@ -89,7 +98,7 @@ class GPicturePretrainHead(nn.Module):
             self.decoder_seal_layers = nn.ModuleList(
                 [nn.Linear(input_channels, self.num_seal_features) for _ in self.layer_alphas])
         else:
-            layer_index = int(model_cfg.get('LAYER_INDEX', -1))
+            layer_index = int(schema.get(model_cfg, 'LAYER_INDEX'))
             if not -len(self.cka_alpha) <= layer_index < len(self.cka_alpha):
                 raise ValueError(f'DENSE_HEAD.LAYER_INDEX {layer_index} is outside CKA_ALPHA ({len(self.cka_alpha)} '
                                  'entries)')

@@ -4,7 +4,7 @@ Every detector takes `(model_cfg, num_class, dataset)` where `dataset` is a data
 `detector3d_template.ModelGeometry` (see `pcdet.models.build.build_network`).
 """
 from .centerpoint import CenterPoint
-from .detector3d_template import Detector3DTemplate, ModelGeometry
+from .detector3d_template import Detector3DTemplate, ModelGeometry  # noqa: F401 (ModelGeometry: public)
 from .gpicture import GPICTURE
 
 __all__ = {

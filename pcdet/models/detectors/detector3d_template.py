@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ...config_schema import REQUIRED, Schema, Select, pick, schema_of
 from ..model_utils import model_nms_utils
 
 # topology slot -> (config key, registry module (relative to pcdet.models))
@@ -67,6 +68,31 @@ def lookup_module(slot, name):
     return registry[name]
 
 
+def slot_schema(slot):
+    """Schema resolver for `MODEL.<slot key>`: the CONFIG_SCHEMA of the class its NAME picks (lazy import)."""
+    def resolve(name):
+        cfg_key = REGISTRY_MODULES[slot][0]
+        return schema_of(pick(get_registry(slot), name, slot, f'MODEL.{cfg_key}.NAME'))
+    return resolve
+
+
+POST_PROCESSING_SCHEMA = Schema('MODEL.POST_PROCESSING', {
+    'RECALL_THRESH_LIST': [0.3, 0.5, 0.7],   # 3D IoU thresholds of the recall counters
+    'EVAL_METRIC': None,                     # passed to dataset.evaluation(eval_metric=...) when it takes one
+    'SCORE_THRESH': 0.1,                     # anchor / RoI post-processing only
+    'OUTPUT_RAW_SCORE': False,
+    'NMS_CONFIG': model_nms_utils.NMS_CONFIG_SCHEMA,
+})
+PRETRAINED_ENCODER_SCHEMA = Schema('MODEL.PRETRAINED_ENCODER', {
+    'PREFIXES': ['vfe.', 'backbone_3d.'], 'MIN_COVERAGE': 0.95}, absent='none')
+# Keys of every DENSE_HEAD that the detector itself reads; each head's schema extends this one.
+DENSE_HEAD_BASE_SCHEMA = Schema('MODEL.DENSE_HEAD', {
+    'NAME': REQUIRED,
+    'CLASS_AGNOSTIC': False,    # one class for the head (num_class = 1)
+    'INPUT_FEATURES': None,     # input channels when the module before it does not set num_bev_features
+})
+
+
 class ModelGeometry:
     """What the model builder needs from a dataset, without a dataset (a duck-typed stand-in).
 
@@ -92,6 +118,13 @@ class ModelGeometry:
 
 class Detector3DTemplate(nn.Module):
     """Base class of the detectors. `dataset` may be a dataset or a `ModelGeometry`."""
+
+    CONFIG_SCHEMA = Schema('MODEL', {
+        'NAME': REQUIRED,
+        **{cfg_key: Select(slot_schema(slot)) for slot, (cfg_key, _) in REGISTRY_MODULES.items()},
+        'POST_PROCESSING': POST_PROCESSING_SCHEMA,
+        'PRETRAINED_ENCODER': PRETRAINED_ENCODER_SCHEMA,
+    })
 
     def __init__(self, model_cfg, num_class, dataset):
         super().__init__()
@@ -137,7 +170,7 @@ class Detector3DTemplate(nn.Module):
         return model_info_dict['module_list']
 
     def build_vfe(self, model_info_dict):
-        if self.model_cfg.get('VFE', None) is None:
+        if self.CONFIG_SCHEMA.get(self.model_cfg, 'VFE') is None:
             return None, model_info_dict
         vfe_module = lookup_module('vfe', self.model_cfg.VFE.NAME)(
             model_cfg=self.model_cfg.VFE,
@@ -152,7 +185,7 @@ class Detector3DTemplate(nn.Module):
         return vfe_module, model_info_dict
 
     def build_backbone_3d(self, model_info_dict):
-        if self.model_cfg.get('BACKBONE_3D', None) is None:
+        if self.CONFIG_SCHEMA.get(self.model_cfg, 'BACKBONE_3D') is None:
             return None, model_info_dict
         backbone_3d_module = lookup_module('backbone_3d', self.model_cfg.BACKBONE_3D.NAME)(
             model_cfg=self.model_cfg.BACKBONE_3D,
@@ -167,7 +200,7 @@ class Detector3DTemplate(nn.Module):
         return backbone_3d_module, model_info_dict
 
     def build_map_to_bev_module(self, model_info_dict):
-        if self.model_cfg.get('MAP_TO_BEV', None) is None:
+        if self.CONFIG_SCHEMA.get(self.model_cfg, 'MAP_TO_BEV') is None:
             return None, model_info_dict
         map_to_bev_module = lookup_module('map_to_bev_module', self.model_cfg.MAP_TO_BEV.NAME)(
             model_cfg=self.model_cfg.MAP_TO_BEV,
@@ -178,7 +211,7 @@ class Detector3DTemplate(nn.Module):
         return map_to_bev_module, model_info_dict
 
     def build_pfe(self, model_info_dict):
-        if self.model_cfg.get('PFE', None) is None:
+        if self.CONFIG_SCHEMA.get(self.model_cfg, 'PFE') is None:
             return None, model_info_dict
         pfe_module = lookup_module('pfe', self.model_cfg.PFE.NAME)(
             model_cfg=self.model_cfg.PFE,
@@ -193,7 +226,7 @@ class Detector3DTemplate(nn.Module):
         return pfe_module, model_info_dict
 
     def build_backbone_2d(self, model_info_dict):
-        if self.model_cfg.get('BACKBONE_2D', None) is None:
+        if self.CONFIG_SCHEMA.get(self.model_cfg, 'BACKBONE_2D') is None:
             return None, model_info_dict
         backbone_2d_module = lookup_module('backbone_2d', self.model_cfg.BACKBONE_2D.NAME)(
             model_cfg=self.model_cfg.BACKBONE_2D,
@@ -204,12 +237,12 @@ class Detector3DTemplate(nn.Module):
         return backbone_2d_module, model_info_dict
 
     def build_dense_head(self, model_info_dict):
-        head_cfg = self.model_cfg.get('DENSE_HEAD', None)
+        head_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'DENSE_HEAD')
         if head_cfg is None:
             return None, model_info_dict
         if 'num_bev_features' in model_info_dict:
             input_channels = model_info_dict['num_bev_features']
-        elif head_cfg.get('INPUT_FEATURES', None) is not None:
+        elif DENSE_HEAD_BASE_SCHEMA.get(head_cfg, 'INPUT_FEATURES') is not None:
             input_channels = head_cfg.INPUT_FEATURES
         else:
             raise KeyError('MODEL.DENSE_HEAD: no BEV module sets num_bev_features; add MAP_TO_BEV / BACKBONE_2D or '
@@ -217,18 +250,18 @@ class Detector3DTemplate(nn.Module):
         dense_head_module = lookup_module('dense_head', head_cfg.NAME)(
             model_cfg=head_cfg,
             input_channels=input_channels,
-            num_class=self.num_class if not head_cfg.get('CLASS_AGNOSTIC', False) else 1,
+            num_class=self.num_class if not DENSE_HEAD_BASE_SCHEMA.get(head_cfg, 'CLASS_AGNOSTIC') else 1,
             class_names=self.class_names,
             grid_size=model_info_dict['grid_size'],
             point_cloud_range=model_info_dict['point_cloud_range'],
-            predict_boxes_when_training=bool(self.model_cfg.get('ROI_HEAD', False)),
+            predict_boxes_when_training=bool(self.CONFIG_SCHEMA.get(self.model_cfg, 'ROI_HEAD')),
             voxel_size=model_info_dict.get('voxel_size', False),
         )
         model_info_dict['module_list'].append(dense_head_module)
         return dense_head_module, model_info_dict
 
     def build_point_head(self, model_info_dict):
-        head_cfg = self.model_cfg.get('POINT_HEAD', None)
+        head_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'POINT_HEAD')
         if head_cfg is None:
             return None, model_info_dict
         if head_cfg.get('USE_POINT_FEATURES_BEFORE_FUSION', False):
@@ -239,13 +272,13 @@ class Detector3DTemplate(nn.Module):
             model_cfg=head_cfg,
             input_channels=num_point_features,
             num_class=self.num_class if not head_cfg.get('CLASS_AGNOSTIC', False) else 1,
-            predict_boxes_when_training=bool(self.model_cfg.get('ROI_HEAD', False)),
+            predict_boxes_when_training=bool(self.CONFIG_SCHEMA.get(self.model_cfg, 'ROI_HEAD')),
         )
         model_info_dict['module_list'].append(point_head_module)
         return point_head_module, model_info_dict
 
     def build_roi_head(self, model_info_dict):
-        head_cfg = self.model_cfg.get('ROI_HEAD', None)
+        head_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'ROI_HEAD')
         if head_cfg is None:
             return None, model_info_dict
         roi_head_module = lookup_module('roi_head', head_cfg.NAME)(
@@ -298,7 +331,7 @@ class Detector3DTemplate(nn.Module):
                 if not batch_dict['cls_preds_normalized']:
                     cls_preds = [torch.sigmoid(x) for x in cls_preds]
 
-            if post_process_cfg.NMS_CONFIG.get('MULTI_CLASSES_NMS', False):
+            if model_nms_utils.NMS_CONFIG_SCHEMA.get(post_process_cfg.NMS_CONFIG, 'MULTI_CLASSES_NMS'):
                 if not isinstance(cls_preds, list):
                     cls_preds = [cls_preds]
                     # upstream used arange(1, num_class), one label short; labels are 1-based.
@@ -329,7 +362,7 @@ class Detector3DTemplate(nn.Module):
                 selected, selected_scores = model_nms_utils.class_agnostic_nms(
                     box_scores=cls_preds, box_preds=box_preds, nms_config=post_process_cfg.NMS_CONFIG,
                     score_thresh=post_process_cfg.SCORE_THRESH)
-                if post_process_cfg.get('OUTPUT_RAW_SCORE', False):
+                if POST_PROCESSING_SCHEMA.get(post_process_cfg, 'OUTPUT_RAW_SCORE'):
                     max_cls_preds, _ = torch.max(src_cls_preds, dim=-1)
                     selected_scores = max_cls_preds[selected]
                 final_scores = selected_scores

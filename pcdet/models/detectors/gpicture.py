@@ -13,7 +13,8 @@ Training returns `({'loss'}, tb_dict, disp_dict)` like every detector. There is 
 Epoch hooks called by the training loop: `on_train_epoch_start(epoch, dataset, ...)` sets β for the epoch (spec §2.9)
 and logs `dgpl/beta`, `dgpl/c_r`; `on_train_epoch_end(epoch)` snapshots the encoder.
 """
-from .detector3d_template import Detector3DTemplate
+from ...config_schema import Select
+from .detector3d_template import Detector3DTemplate, slot_schema
 
 # The decoder / head / gate modules are imported when a GPICTURE model is built: importing the detector registry
 # must not pull in the backbone packages (tests/models/test_detector_builder.py).
@@ -22,10 +23,15 @@ from .detector3d_template import Detector3DTemplate
 class GPICTURE(Detector3DTemplate):
     skip_evaluation = True
 
+    CONFIG_SCHEMA = Detector3DTemplate.CONFIG_SCHEMA.extend('MODEL (GPICTURE)', {
+        key: Select(slot_schema(slot), required=True)
+        for slot, key in (('vfe', 'VFE'), ('backbone_3d', 'BACKBONE_3D'), ('backbone_2d', 'BACKBONE_2D'),
+                          ('dense_head', 'DENSE_HEAD'))})
+
     def __init__(self, model_cfg, num_class, dataset):
         super().__init__(model_cfg=model_cfg, num_class=num_class, dataset=dataset)
         for key in ('VFE', 'BACKBONE_3D', 'BACKBONE_2D', 'DENSE_HEAD'):
-            if model_cfg.get(key, None) is None:
+            if self.CONFIG_SCHEMA.get(model_cfg, key) is None:
                 raise KeyError(f'MODEL.{key} is required for GPICTURE')
         self.module_list = self.build_networks()
         from ..pretraining.progressive import DifferentialGate

@@ -21,14 +21,27 @@ Functions:
 """
 import torch
 
+from ...config_schema import REQUIRED, Schema
 from ...ops.iou3d_nms import iou3d_nms_utils
 from .centernet_utils import _circle_nms, circle_nms  # noqa: F401  (circle_nms re-exported)
 
 _BOX_NMS_TYPES = ('nms_gpu', 'nms_normal_gpu')
 
 
-def _cfg_get(config, key, default=None):
-    return config.get(key, default) if hasattr(config, 'get') else getattr(config, key, default)
+NMS_CONFIG_SCHEMA = Schema('POST_PROCESSING.NMS_CONFIG', {
+    'NMS_TYPE': REQUIRED,       # class_specific_nms | multi_class_nms | nms_gpu | nms_normal_gpu | circle_nms
+    'NMS_THRESH': REQUIRED,                # scalar, or one per class / head
+    'NMS_PRE_MAXSIZE': None,               # None: keep all
+    'NMS_POST_MAXSIZE': None,              # None: keep all
+    'SCORE_THRESH': None,                  # optional extra score threshold before NMS (CenterHead)
+    'MULTI_CLASSES_NMS': False,            # anchor-head post-processing of Detector3DTemplate
+    'COMPAT_IGNORE_POST_MAXSIZE': False,   # upstream class_specific_nms quirk (docs/MODELS.md)
+})
+
+
+def _cfg_get(config, key):
+    """`NMS_CONFIG[key]` or its declared default (`config` may be a mapping or an attribute object)."""
+    return NMS_CONFIG_SCHEMA.get(config if hasattr(config, 'get') else vars(config), key)
 
 
 def _per_class(value, k, name):
@@ -72,12 +85,12 @@ def class_agnostic_nms(box_scores, box_preds, nms_config, score_thresh=None):
 
     selected = _empty_index(device)
     if box_scores.shape[0] > 0:
-        pre_max = _cfg_get(nms_config, 'NMS_PRE_MAXSIZE', None)
+        pre_max = _cfg_get(nms_config, 'NMS_PRE_MAXSIZE')
         k = box_scores.shape[0] if pre_max is None else min(int(pre_max), box_scores.shape[0])
         box_scores_nms, indices = torch.topk(box_scores, k=k)
         keep_idx = _box_nms(box_preds[indices], box_scores_nms, _cfg_get(nms_config, 'NMS_TYPE'),
                             _cfg_get(nms_config, 'NMS_THRESH'))
-        post_max = _cfg_get(nms_config, 'NMS_POST_MAXSIZE', None)
+        post_max = _cfg_get(nms_config, 'NMS_POST_MAXSIZE')
         if post_max is not None:
             keep_idx = keep_idx[:int(post_max)]
         selected = indices[keep_idx]
@@ -128,9 +141,9 @@ def class_specific_nms(box_scores, box_preds, box_labels, nms_config, score_thre
     thresholds = _cfg_get(nms_config, 'NMS_THRESH')
     num_classes = len(thresholds) if isinstance(thresholds, (list, tuple)) else int(box_labels.max().item()) + 1 \
         if box_labels.numel() else 0
-    ignore_post = bool(_cfg_get(nms_config, 'COMPAT_IGNORE_POST_MAXSIZE', False)) and not _legacy_bev
-    pre_max_cfg = _cfg_get(nms_config, 'NMS_PRE_MAXSIZE', None)
-    post_max_cfg = _cfg_get(nms_config, 'NMS_POST_MAXSIZE', None)
+    ignore_post = bool(_cfg_get(nms_config, 'COMPAT_IGNORE_POST_MAXSIZE')) and not _legacy_bev
+    pre_max_cfg = _cfg_get(nms_config, 'NMS_PRE_MAXSIZE')
+    post_max_cfg = _cfg_get(nms_config, 'NMS_POST_MAXSIZE')
 
     selected = []
     for k in range(num_classes):

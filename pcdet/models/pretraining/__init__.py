@@ -4,8 +4,14 @@ and teacher-feature means, linear CKA and the DGPL gate. Pure PyTorch; every fun
 from .chamfer import masked_chamfer_distance
 from .cka import layerwise_cka, linear_cka, linear_cka_gram
 from .dgpl import dgpl_beta
-from .i2mask import group_clusters_by_distinctness, i2mask_batch, i2mask_single, intra_class_consistency, kmeans, \
-    mask_from_clusters
+from .i2mask import (
+    group_clusters_by_distinctness,
+    i2mask_batch,
+    i2mask_single,
+    intra_class_consistency,
+    kmeans,
+    mask_from_clusters,
+)
 from .point_groups import group_points_per_voxel, voxel_mean_features
 
 __all__ = ['dgpl_beta', 'group_clusters_by_distinctness', 'group_points_per_voxel', 'i2mask_batch', 'i2mask_single',

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...utils.batching import load_data_to_device
 from .cka import linear_cka
 from .dgpl import dgpl_beta
 
@@ -51,7 +52,6 @@ def build_probe_batch(dataset, num_frames, seed):
 def encoder_layer_features(vfe, backbone_3d, batch, device):
     """Activations of every encoder layer (after its `LN(x2 + x)`) in eval mode, as a list of (N_stage, C) tensors.
     The modules' train/eval state is restored afterwards."""
-    from ..build import load_data_to_device
     batch = load_data_to_device(dict(batch), device)
     batch['record_encoder_layers'] = True
     modes = (vfe.training, backbone_3d.training)

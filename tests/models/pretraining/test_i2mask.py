@@ -6,8 +6,14 @@ import math
 import pytest
 import torch
 
-from pcdet.models.pretraining import group_clusters_by_distinctness, i2mask_batch, i2mask_single, \
-    intra_class_consistency, kmeans, mask_from_clusters
+from pcdet.models.pretraining import (
+    group_clusters_by_distinctness,
+    i2mask_batch,
+    i2mask_single,
+    intra_class_consistency,
+    kmeans,
+    mask_from_clusters,
+)
 
 CFG = {'NUM_CLUSTERS': 8, 'PARTITION': [3, 3, 2], 'BASE_MASK_RATIO': [0.9, 0.45, 0.0], 'LAMBDA_THRESHOLD': 0.6,
        'KMEANS_ITERS': 20}
@@ -115,8 +121,8 @@ def test_grouping_zero_norm_centers_no_nan():
 def test_intra_class_consistency_matches_loops(seed):
     feats, labels, centers = clustered_features(seed, [12, 7, 20, 3, 9, 15, 4, 11])
     got = intra_class_consistency(feats, labels, centers, 0.6)
-    assert torch.allclose(got.double(), torch.tensor(reference_consistency(feats, labels, centers, 0.6), dtype=torch.float64),
-                          atol=1e-5)
+    expected = torch.tensor(reference_consistency(feats, labels, centers, 0.6), dtype=torch.float64)
+    assert torch.allclose(got.double(), expected, atol=1e-5)
     assert got.min() == 0 and got.max() <= 1
 
 

@@ -6,6 +6,7 @@ empty samples and syncs the device); `INPUT_SHAPE` may be omitted (derived) and 
 """
 from torch import nn
 
+from pcdet.config_schema import REQUIRED, Schema
 from pcdet.models.backbones_3d.dsvt.shapes import ShapeConfigError, check_scatter_input_shape
 
 
@@ -25,11 +26,14 @@ class PointPillarScatter3d(nn.Module):
     Empty cells are 0.
     """
 
+    CONFIG_SCHEMA = Schema('MODEL.MAP_TO_BEV (PointPillarScatter3d)', {
+        'NAME': REQUIRED, 'NUM_BEV_FEATURES': REQUIRED, 'INPUT_SHAPE': None})
+
     def __init__(self, model_cfg, grid_size=None, sparse_shape=None, **kwargs):
         super().__init__()
         self.model_cfg = model_cfg
-        self.nx, self.ny, self.nz = check_scatter_input_shape(model_cfg.get('INPUT_SHAPE', None), grid_size,
-                                                              sparse_shape)
+        input_shape = self.CONFIG_SCHEMA.get(model_cfg, 'INPUT_SHAPE')
+        self.nx, self.ny, self.nz = check_scatter_input_shape(input_shape, grid_size, sparse_shape)
         self.num_bev_features = int(model_cfg.NUM_BEV_FEATURES)
         if self.num_bev_features % self.nz:
             raise ShapeConfigError(f'MAP_TO_BEV.NUM_BEV_FEATURES {self.num_bev_features} is not divisible by the '

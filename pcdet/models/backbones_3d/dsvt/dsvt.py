@@ -24,12 +24,13 @@ from easydict import EasyDict
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ....config_schema import REQUIRED, Schema, check_block
 from .blocks import DSVTBlock
 from .input_layer import DSVTInputLayer
 from .pooling import Stage_Reduction_Block, Stage_ReductionAtt_Block, Stage_ReductionMax_Block
-from .shapes import ShapeConfigError, resolve_dsvt_shapes
+from .shapes import INPUT_LAYER_SCHEMA, ShapeConfigError, resolve_dsvt_shapes
 
-COMPAT_DEFAULTS = {'POS_EMBED_SHIFT_BUG': False, 'POOL_UNMASKED_EMPTY_SLOTS': False}
+COMPAT_SCHEMA = Schema('BACKBONE_3D.COMPAT', {'POS_EMBED_SHIFT_BUG': False, 'POOL_UNMASKED_EMPTY_SLOTS': False})
 
 
 def _get_block_module(name):
@@ -39,13 +40,11 @@ def _get_block_module(name):
 
 
 def resolve_compat(model_cfg):
-    """`BACKBONE_3D.COMPAT` merged over `COMPAT_DEFAULTS`; unknown keys are an error (a typo would silently run the
-    other behaviour)."""
-    given = dict(model_cfg.get('COMPAT', None) or {})
-    unknown = sorted(set(given) - set(COMPAT_DEFAULTS))
-    if unknown:
-        raise ValueError(f'BACKBONE_3D.COMPAT: unknown switch(es) {unknown}; known: {sorted(COMPAT_DEFAULTS)}')
-    return {key: bool(given.get(key, default)) for key, default in COMPAT_DEFAULTS.items()}
+    """`BACKBONE_3D.COMPAT` with `COMPAT_SCHEMA`'s defaults filled in (unknown switches are reported by
+    `pcdet.config_registry.validate_config`, and here too: a typo would silently run the other behaviour)."""
+    given = DSVT.CONFIG_SCHEMA.get(model_cfg, 'COMPAT')
+    check_block(given, COMPAT_SCHEMA, 'BACKBONE_3D.COMPAT')
+    return {key: bool(COMPAT_SCHEMA.get(given, key)) for key in COMPAT_SCHEMA.keys}
 
 
 def _per_stage(model_cfg, key, num_stages):
@@ -59,7 +58,7 @@ def _input_layer_cfg(model_cfg, set_info, d_model):
     """INPUT_LAYER with `set_info` / `d_model` filled in from the backbone (both must agree when both are given)."""
     cfg = EasyDict(dict(model_cfg.INPUT_LAYER))
     for key, value in (('set_info', set_info), ('d_model', d_model)):
-        stated = cfg.get(key, None)
+        stated = INPUT_LAYER_SCHEMA.get(cfg, key)
         as_lists = [list(v) if isinstance(v, (list, tuple)) else v for v in value]
         if stated is not None and [list(v) if isinstance(v, (list, tuple)) else v for v in stated] != as_lists:
             raise ValueError(f'BACKBONE_3D.INPUT_LAYER.{key} {list(stated)} disagrees with BACKBONE_3D.{key} '
@@ -88,6 +87,21 @@ class DSVT(nn.Module):
         output_sparse_shape (X, Y, Z), compat (dict of COMPAT switches).
     """
 
+    CONFIG_SCHEMA = Schema('MODEL.BACKBONE_3D (DSVT)', {
+        'NAME': REQUIRED,
+        'block_name': REQUIRED, 'set_info': REQUIRED, 'd_model': REQUIRED, 'nhead': REQUIRED,
+        'dim_feedforward': REQUIRED,                 # per stage
+        'dropout': 0.0,
+        'activation': 'gelu',
+        'reduction_type': 'attention',               # attention | maxpool | linear
+        'USE_CHECKPOINT': False,                     # torch.utils.checkpoint per block
+        'ues_checkpoint': None,                      # the DSVT repository's spelling (when USE_CHECKPOINT is absent)
+        'output_shape': None,                        # [X, Y] of the last stage, checked when stated
+        'conv_out_channel': None,                    # must equal d_model[-1] when stated
+        'INPUT_LAYER': INPUT_LAYER_SCHEMA,
+        'COMPAT': COMPAT_SCHEMA,
+    })
+
     def __init__(self, model_cfg, input_channels=None, grid_size=None, voxel_size=None, point_cloud_range=None,
                  **kwargs):
         super().__init__()
@@ -99,10 +113,13 @@ class DSVT(nn.Module):
         d_model = _per_stage(model_cfg, 'd_model', stage_num)
         nhead = _per_stage(model_cfg, 'nhead', stage_num)
         dim_feedforward = _per_stage(model_cfg, 'dim_feedforward', stage_num)
-        dropout = model_cfg.get('dropout', 0.0)
-        activation = model_cfg.get('activation', 'gelu')
-        self.reduction_type = model_cfg.get('reduction_type', 'attention')
-        self.use_torch_ckpt = bool(model_cfg.get('USE_CHECKPOINT', model_cfg.get('ues_checkpoint', False)))
+        schema = self.CONFIG_SCHEMA
+        dropout = schema.get(model_cfg, 'dropout')
+        activation = schema.get(model_cfg, 'activation')
+        self.reduction_type = schema.get(model_cfg, 'reduction_type')
+        alias = schema.get(model_cfg, 'ues_checkpoint')
+        self.use_torch_ckpt = bool(schema.get(model_cfg, 'USE_CHECKPOINT') if alias is None or
+                                   'USE_CHECKPOINT' in model_cfg else alias)
         for s in range(stage_num):
             if d_model[s] % nhead[s]:
                 raise ValueError(f'BACKBONE_3D.d_model[{s}] = {d_model[s]} is not divisible by nhead[{s}] = {nhead[s]}')
@@ -112,7 +129,7 @@ class DSVT(nn.Module):
 
         input_cfg = _input_layer_cfg(model_cfg, set_info, d_model)
         self.shapes = resolve_dsvt_shapes(input_cfg, grid_size, point_cloud_range, voxel_size,
-                                          model_cfg.get('output_shape', None))
+                                          schema.get(model_cfg, 'output_shape'))
         self.input_layer = DSVTInputLayer(input_cfg, self.shapes,
                                           pos_embed_shift_bug=self.compat['POS_EMBED_SHIFT_BUG'])
 
@@ -150,7 +167,8 @@ class DSVT(nn.Module):
         self.sparse_shape_list = [list(v) for v in self.shapes.stage_shapes]
         self.output_sparse_shape = tuple(self.shapes.output_shape)
         self.output_shape = list(self.output_sparse_shape[:2])
-        self.num_point_features = int(model_cfg.get('conv_out_channel', d_model[-1]))
+        conv_out_channel = schema.get(model_cfg, 'conv_out_channel')
+        self.num_point_features = int(d_model[-1] if conv_out_channel is None else conv_out_channel)
         if self.num_point_features != d_model[-1]:
             raise ShapeConfigError(f'BACKBONE_3D.conv_out_channel {self.num_point_features} disagrees with the last '
                                    f'stage d_model {d_model[-1]} (DSVT has no output conv); it should be {d_model[-1]}')

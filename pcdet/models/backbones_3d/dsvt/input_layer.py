@@ -10,7 +10,7 @@ from torch import nn
 
 from .pooling import get_pooling_index
 from .set_partition import get_set_mask, get_set_single_shift, get_window_coors, set_to_voxel_index
-from .shapes import resolve_dsvt_shapes
+from .shapes import INPUT_LAYER_SCHEMA, resolve_dsvt_shapes
 
 
 class PositionEmbeddingLearned(nn.Module):
@@ -65,7 +65,7 @@ class DSVTInputLayer(nn.Module):
         self.d_model = list(model_cfg.d_model)
         self.set_info = [list(info) for info in model_cfg.set_info]
         self.stage_num = len(self.d_model)
-        self.normalize_pos = bool(model_cfg.get('normalize_pos', False))
+        self.normalize_pos = bool(INPUT_LAYER_SCHEMA.get(model_cfg, 'normalize_pos'))
         self.num_shifts = [2] * self.stage_num
         self.pos_embed_shift_bug = bool(pos_embed_shift_bug)
         # Global index of the first block of each stage: block b of stage s runs on partition (offset + b) % 2.

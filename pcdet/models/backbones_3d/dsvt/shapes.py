@@ -23,6 +23,7 @@ import math
 from typing import List, NamedTuple, Tuple
 
 from pcdet.config import ConfigError
+from pcdet.config_schema import REQUIRED, Schema
 
 Shape = Tuple[int, ...]
 
@@ -176,6 +177,18 @@ class DSVTShapes(NamedTuple):
     output_shape: Shape                  # last stage's (x, y, z)
 
 
+INPUT_LAYER_SCHEMA = Schema('BACKBONE_3D.INPUT_LAYER', {
+    'window_shape': REQUIRED,       # per stage [x, y, z]
+    'hybrid_factor': [1, 1, 1],
+    'shifts_list': None,            # per stage, per shift [x, y, z]; None: half windows
+    'downsample_stride': None,      # one [x, y, z] between consecutive stages
+    'sparse_shape': None,           # stage-0 grid (x, y, z); derived from the geometry when absent
+    'normalize_pos': False,
+    'd_model': None,                # filled from BACKBONE_3D.d_model (must agree when stated)
+    'set_info': None,               # filled from BACKBONE_3D.set_info (must agree when stated)
+}, required=True)
+
+
 def resolve_dsvt_shapes(input_layer_cfg, grid_size=None, point_cloud_range=None, voxel_size=None,
                         stated_output_shape=None):
     """Derive and validate every DSVT shape.
@@ -188,7 +201,8 @@ def resolve_dsvt_shapes(input_layer_cfg, grid_size=None, point_cloud_range=None,
         stated_output_shape: `BACKBONE_3D.output_shape` ([X, Y]) if the config states it.
     """
     grid = resolve_grid_size(grid_size, point_cloud_range, voxel_size)
-    stated_sparse = input_layer_cfg.get('sparse_shape', None)
+    schema = INPUT_LAYER_SCHEMA
+    stated_sparse = schema.get(input_layer_cfg, 'sparse_shape')
     if grid is None:
         if stated_sparse is None:
             raise ShapeConfigError('DSVT needs grid_size (or POINT_CLOUD_RANGE and VOXEL_SIZE) or '
@@ -200,7 +214,7 @@ def resolve_dsvt_shapes(input_layer_cfg, grid_size=None, point_cloud_range=None,
 
     num_stages = len(input_layer_cfg['d_model'])
     strides = [as_int_shape(s, f'INPUT_LAYER.downsample_stride[{i}]')
-               for i, s in enumerate(input_layer_cfg.get('downsample_stride', None) or [])]
+               for i, s in enumerate(schema.get(input_layer_cfg, 'downsample_stride') or [])]
     if len(strides) != num_stages - 1:
         raise ShapeConfigError(f'INPUT_LAYER.downsample_stride has {len(strides)} entries but {num_stages} stages '
                                f'need {num_stages - 1} (one between consecutive stages)')
@@ -209,10 +223,10 @@ def resolve_dsvt_shapes(input_layer_cfg, grid_size=None, point_cloud_range=None,
     window_cfg = list(input_layer_cfg['window_shape'])
     if len(window_cfg) != num_stages:
         raise ShapeConfigError(f'INPUT_LAYER.window_shape has {len(window_cfg)} entries for {num_stages} stages')
-    shifts_cfg = input_layer_cfg.get('shifts_list', None)
+    shifts_cfg = schema.get(input_layer_cfg, 'shifts_list')
     if shifts_cfg is not None and len(shifts_cfg) != num_stages:
         raise ShapeConfigError(f'INPUT_LAYER.shifts_list has {len(shifts_cfg)} entries for {num_stages} stages')
-    hybrid = input_layer_cfg.get('hybrid_factor', None) or [1, 1, 1]
+    hybrid = schema.get(input_layer_cfg, 'hybrid_factor') or [1, 1, 1]
     windows, shifts = [], []
     for s in range(num_stages):
         stage_windows = stage_window_shapes(window_cfg[s], hybrid, stage_shapes[s], s)

@@ -3,7 +3,7 @@
 The builder calls `__all__[NAME](model_cfg=..., num_point_features=..., point_cloud_range=..., voxel_size=...,
 grid_size=..., depth_downsample_factor=...)` and reads `get_output_feature_dim()` (spec §1.7).
 """
-from .dynamic_pillar_vfe import DynamicPillarVFE, DynamicPillarVFE_3d, DynamicVoxelVFE, PFNLayerV2
+from .dynamic_pillar_vfe import DynamicPillarVFE, DynamicPillarVFE_3d, DynamicVoxelVFE, PFNLayerV2  # noqa: F401
 from .vfe_template import VFETemplate
 
 __all__ = {

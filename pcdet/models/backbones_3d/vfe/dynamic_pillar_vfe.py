@@ -17,6 +17,7 @@ Differences from upstream, none of which changes the features of a voxel:
 import torch
 from torch import nn
 
+from pcdet.config_schema import REQUIRED, Schema
 from pcdet.ops.scatter import scatter_amax, scatter_mean
 
 from ..dsvt.shapes import resolve_grid_size
@@ -56,13 +57,24 @@ class _DynamicVFE(VFETemplate):
     """Shared body; `voxel_dims` is 2 (pillars: x, y) or 3 (voxels: x, y, z)."""
 
     voxel_dims = 2
+    CONFIG_SCHEMA = Schema('MODEL.VFE (dynamic pillar / voxel VFE)', {
+        'NAME': REQUIRED,
+        'NUM_FILTERS': REQUIRED,        # PFN layer widths
+        'USE_NORM': True,
+        'WITH_DISTANCE': False,
+        'USE_ABSLOTE_XYZ': True,        # OpenPCDet's spelling
+        'USE_ABSOLUTE_XYZ': None,       # accepted alias, used when USE_ABSLOTE_XYZ is absent
+    })
 
     def __init__(self, model_cfg, num_point_features, voxel_size, grid_size, point_cloud_range, **kwargs):
         super().__init__(model_cfg=model_cfg)
+        schema = self.CONFIG_SCHEMA
         self.num_raw_point_features = int(num_point_features)
-        self.use_norm = model_cfg.get('USE_NORM', True)
-        self.with_distance = model_cfg.get('WITH_DISTANCE', False)
-        self.use_absolute_xyz = model_cfg.get('USE_ABSLOTE_XYZ', model_cfg.get('USE_ABSOLUTE_XYZ', True))
+        self.use_norm = schema.get(model_cfg, 'USE_NORM')
+        self.with_distance = schema.get(model_cfg, 'WITH_DISTANCE')
+        alias = schema.get(model_cfg, 'USE_ABSOLUTE_XYZ')
+        self.use_absolute_xyz = schema.get(model_cfg, 'USE_ABSLOTE_XYZ') if alias is None or \
+            'USE_ABSLOTE_XYZ' in model_cfg else alias
         num_point_features = int(num_point_features) + (6 if self.use_absolute_xyz else 3)
         if self.with_distance:
             num_point_features += 1
