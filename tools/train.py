@@ -84,9 +84,12 @@ def main(argv=None):
     else:
         batch_size = split_batch_size(args.batch_size, world_size)
     total_epochs = int(args.epochs if args.epochs is not None else cfg.OPTIMIZATION.NUM_EPOCHS)
+    if args.seed is not None:  # a seed study: the same determinism as --fix_random_seed, another seed
+        args.fix_random_seed = True
+    base_seed = FIXED_SEED if args.seed is None else args.seed
     if args.fix_random_seed:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
-        common_utils.set_random_seed(FIXED_SEED + rank, deterministic=True)
+        common_utils.set_random_seed(base_seed + rank, deterministic=True)
 
     output_dir = derive_output_dir(args.cfg_file, args.extra_tag, args.output_root)
     ckpt_dir = output_dir / 'ckpt'
@@ -117,7 +120,7 @@ def main(argv=None):
             raise SystemExit(2)
         logger.warning(f'--overwrite: starting a fresh run; existing checkpoints in {ckpt_dir} will be replaced')
 
-    data_seed_fixed = FIXED_SEED if args.fix_random_seed else None
+    data_seed_fixed = base_seed if args.fix_random_seed else None
     train_set, train_loader, train_sampler = build_dataloader(
         dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, batch_size=batch_size, dist=dist_train,
         workers=args.workers, logger=logger, training=True,

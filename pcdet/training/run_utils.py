@@ -54,10 +54,23 @@ def _epochs_arg(text):
     return value
 
 
+def _seed_arg(text):
+    """argparse type of --seed: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'--seed must be an integer >= 0, got {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'--seed must be >= 0, got {value}')
+    return value
+
+
 def build_train_parser():
     parser = argparse.ArgumentParser(description='pcdet training (OpenPCDet-compatible flags)')
     _common_args(parser)
     parser.add_argument('--epochs', type=_epochs_arg, default=None, help='default: OPTIMIZATION.NUM_EPOCHS')
+    parser.add_argument('--seed', type=_seed_arg, default=None,
+                        help='--fix_random_seed with this seed instead of 666 (seed studies; implies the flag)')
     parser.add_argument('--resume', type=str, default=None, metavar='auto|PATH',
                         help="continue a run: 'auto' = newest checkpoint in this run's ckpt/ folder, or a path")
     parser.add_argument('--ckpt', type=str, default=None, help='OpenPCDet alias of --resume PATH')

@@ -154,6 +154,12 @@ def test_train_then_refuse_then_resume_then_test(train_tool, test_tool, cfg_file
     with open(result, 'rb') as handle:
         assert [a['frame_id'] for a in pickle.load(handle)] == [f'{i:04d}' for i in range(5)]
     assert built[:2] == [(True, 4, 666), (False, 4, None)]
+    seeded = train_tool.main(['--cfg_file', str(cfg_file), '--output_root', str(out_root), '--workers', '0',
+                              '--seed', '5', '--extra_tag', 'seed5', '--skip_eval'])
+    assert built[-1] == (True, 4, 5)  # --seed implies --fix_random_seed with that data seed
+    weights = [torch.load(d / 'ckpt' / 'checkpoint_epoch_2.pth', weights_only=True)['model_state'] for d in
+               (run_dir, seeded)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
     with pytest.raises(SystemExit) as exc:  # same run folder, no --resume: refused, nothing overwritten
         train_tool.main(base)
