@@ -2,7 +2,9 @@
 
     top level      CLASS_NAMES, DATA_CONFIG, MODEL, OPTIMIZATION, HOOK, keys the tools write
     DATA_CONFIG    by DATASET -> that dataset class's CONFIG_SCHEMA (DatasetTemplate's keys + its own), whose
-                   DATA_AUGMENTOR.AUG_CONFIG_LIST / DATA_PROCESSOR entries are picked by NAME
+                   DATA_AUGMENTOR.AUG_CONFIG_LIST / DATA_PROCESSOR entries and TEACHER_FEATURES are picked by NAME
+                   (data_augmentor.AUGMENTOR_SCHEMAS, data_processor.PROCESSOR_SCHEMAS, the teacher's CONFIG_SCHEMA)
+    HOOK           pcdet.datasets.HOOK_SCHEMA
     MODEL          by NAME -> the detector's CONFIG_SCHEMA, whose slots (VFE, BACKBONE_3D, MAP_TO_BEV, BACKBONE_2D,
                    DENSE_HEAD, ...) are picked by NAME from the slot's registry -> that class's CONFIG_SCHEMA
     OPTIMIZATION   pcdet.training.optimization.OPTIMIZATION_SCHEMA
@@ -19,9 +21,8 @@ RUNTIME_KEYS = {'ROOT_DIR': None, 'LOCAL_RANK': 0, 'TAG': None, 'EXP_GROUP_PATH'
 def dataset_schema(name):
     """CONFIG_SCHEMA of the dataset class registered as `name` (DATA_CONFIG.DATASET)."""
     from .datasets import DATASET_REGISTRY, get_dataset_class
-    from .datasets.config_schemas import DATASET_SCHEMAS
     pick(DATASET_REGISTRY, name, 'dataset', 'DATA_CONFIG.DATASET')
-    return DATASET_SCHEMAS[name] if name in DATASET_SCHEMAS else schema_of(get_dataset_class(name))
+    return schema_of(get_dataset_class(name))
 
 
 def detector_schema(name):
@@ -32,7 +33,7 @@ def detector_schema(name):
 
 
 def hook_schema():
-    from .datasets.config_schemas import HOOK_SCHEMA
+    from .datasets import HOOK_SCHEMA
     return HOOK_SCHEMA
 
 

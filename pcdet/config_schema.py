@@ -88,6 +88,15 @@ class Schema:
             raise ConfigError(f'{self.section}: required key {key} is missing')
         return default_of(spec)
 
+    def need(self, cfg, key, purpose):
+        """`get` for a key that is optional in the schema (validation passes without it) but that one use needs,
+        e.g. DATA_PATH to build a dataset, not to run a model on files: a None value is a ConfigError naming
+        `purpose` ('to build the dataset')."""
+        value = self.get(cfg, key)
+        if value is None:
+            raise ConfigError(f'{self.section}: key {key} is needed {purpose} and is not set')
+        return value
+
     def fill(self, cfg):
         """`cfg` (a dict or None) with every declared default filled in, recursively for nested `Schema` blocks:
         an EasyDict. Unknown keys are kept (validation reports them); missing REQUIRED keys are an error."""

@@ -24,6 +24,7 @@ import json  # noqa: E402
 import torch  # noqa: E402
 
 from pcdet.config import cfg_from_list, cfg_from_yaml_file  # noqa: E402
+from pcdet.config_registry import validate_config  # noqa: E402
 from pcdet.utils.file_utils import atomic_save_text  # noqa: E402
 
 
@@ -46,6 +47,7 @@ def load_cfg(path, set_cfgs):
     cfg = cfg_from_yaml_file(str(path))
     if set_cfgs:
         cfg_from_list(set_cfgs, cfg)
+    validate_config(cfg, source=str(path))
     if cfg.DATA_CONFIG.get('TEACHER_FEATURES', None) is not None:
         cfg.DATA_CONFIG.TEACHER_FEATURES.ENABLED = False  # encoder probes need no teacher targets
     return cfg

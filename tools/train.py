@@ -43,6 +43,7 @@ from pcdet.training.distributed import (  # noqa: E402
     unwrap_model,
     wrap_ddp,
 )
+from pcdet.training.optimization import OPTIMIZATION_SCHEMA  # noqa: E402
 from pcdet.training.run_utils import (  # noqa: E402
     build_dataloader,
     build_network,
@@ -168,7 +169,7 @@ def main(argv=None):
     logger.info(model)
     logger.info(f'Trainable parameters: {n_params}')
     model = wrap_ddp(model, dist_info, find_unused_parameters=bool(
-        cfg.OPTIMIZATION.get('FIND_UNUSED_PARAMETERS', False)))
+        OPTIMIZATION_SCHEMA.get(cfg.OPTIMIZATION, 'FIND_UNUSED_PARAMETERS')))
 
     logger.info(f'**********************Start training {cfg.EXP_GROUP_PATH}/{cfg.TAG}({args.extra_tag})'
                 '**********************')

@@ -17,6 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
 from pcdet.config import cfg_from_list, cfg_from_yaml_file, log_config_to_file, save_config_to_file  # noqa: E402
+from pcdet.config_registry import validate_config  # noqa: E402
 from pcdet.datasets import build_dataset  # noqa: E402
 from pcdet.utils.common_utils import create_logger  # noqa: E402
 from pcdet.utils.visualization import save_bev_png  # noqa: E402
@@ -41,6 +42,7 @@ def load_dataset_config(cfg_file, set_cfgs=None):
     config = cfg_from_yaml_file(cfg_file)
     if set_cfgs:
         cfg_from_list(set_cfgs, config)
+    validate_config(config, source=str(cfg_file))
     if 'DATA_CONFIG' in config:
         return config.DATA_CONFIG, list(config.get('CLASS_NAMES', []))
     class_names = list(config.get('CLASS_NAMES', [])) or ['car', 'truck', 'construction_vehicle', 'bus', 'trailer',

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ..config import ConfigError, require_keys
+from ..config import ConfigError
+from ..config_schema import REQUIRED, Schema, check_block
 from ..utils import common_utils
 from .dataset import DatasetTemplate
 from .sample_rng import SeededBatchSampler
@@ -52,8 +53,7 @@ def get_dataset_class(name):
 
 
 def build_dataset(dataset_cfg, class_names, root_path=None, training=True, logger=None):
-    require_keys(dataset_cfg, ['DATASET'], 'DATA_CONFIG')
-    dataset_class = get_dataset_class(dataset_cfg.DATASET)
+    dataset_class = get_dataset_class(DatasetTemplate.CONFIG_SCHEMA.get(dataset_cfg, 'DATASET'))
     return dataset_class(dataset_cfg=dataset_cfg, class_names=class_names, root_path=root_path, training=training,
                          logger=logger)
 
@@ -100,6 +100,12 @@ def build_dataloader(dataset_cfg, class_names, batch_size, dist, root_path=None,
     return dataset, dataloader, sampler
 
 
+DISABLE_AUGMENTATION_HOOK_SCHEMA = Schema('HOOK.DisableAugmentationHook', {
+    'DISABLE_AUG_LIST': REQUIRED, 'NUM_LAST_EPOCHS': REQUIRED}, absent='none')
+# The top-level HOOK block (read by apply_disable_augmentation_hook below; pcdet.config_registry validates with it).
+HOOK_SCHEMA = Schema('HOOK', {'DisableAugmentationHook': DISABLE_AUGMENTATION_HOOK_SCHEMA})
+
+
 def apply_disable_augmentation_hook(dataset, hook_cfg, cur_epoch, total_epochs):
     """`HOOK.DisableAugmentationHook {DISABLE_AUG_LIST, NUM_LAST_EPOCHS}`: from epoch `total_epochs -
     NUM_LAST_EPOCHS` on (0-based `cur_epoch`), switch the listed augmentations off. Accepts `cfg.HOOK` or the
@@ -107,17 +113,21 @@ def apply_disable_augmentation_hook(dataset, hook_cfg, cur_epoch, total_epochs):
     if not hook_cfg:
         return False
     if 'DisableAugmentationHook' in hook_cfg:
-        hook = hook_cfg['DisableAugmentationHook']
+        hook = HOOK_SCHEMA.get(hook_cfg, 'DisableAugmentationHook')
+        if hook is None:  # `DisableAugmentationHook:` left empty: no hook (the schema reads it as a switch)
+            return False
     elif 'DISABLE_AUG_LIST' in hook_cfg:
         hook = hook_cfg
     else:
         return False
-    require_keys(hook, ['DISABLE_AUG_LIST', 'NUM_LAST_EPOCHS'], 'HOOK.DisableAugmentationHook')
-    if cur_epoch < total_epochs - hook['NUM_LAST_EPOCHS']:
+    schema = DISABLE_AUGMENTATION_HOOK_SCHEMA
+    check_block(hook, schema, 'HOOK.DisableAugmentationHook')
+    if cur_epoch < total_epochs - schema.get(hook, 'NUM_LAST_EPOCHS'):
         return False
-    dataset.disable_augmentation(hook['DISABLE_AUG_LIST'])
+    dataset.disable_augmentation(schema.get(hook, 'DISABLE_AUG_LIST'))
     return True
 
 
-__all__ = ['DATASET_REGISTRY', 'DatasetTemplate', 'DistributedEvalSampler', 'apply_disable_augmentation_hook',
-           'build_dataloader', 'build_dataset', 'get_dataset_class', 'register_dataset']
+__all__ = ['DATASET_REGISTRY', 'HOOK_SCHEMA', 'DatasetTemplate', 'DistributedEvalSampler',
+           'apply_disable_augmentation_hook', 'build_dataloader', 'build_dataset', 'get_dataset_class',
+           'register_dataset']

@@ -31,11 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch.utils.data as torch_data
 
-from ..config import ConfigError, require_keys
+from ..config import ConfigError
+from ..config_schema import REQUIRED, Schema, Select, SelectList, pick
+from ..utils.point_io import NONFINITE_POINTS_SCHEMA
 from .augmentor import DataAugmentor
+from .augmentor.data_augmentor import DATA_AUGMENTOR_SCHEMA, augmentor_entries
+from .augmentor.data_augmentor import ENTRY_SCHEMA as AUGMENTOR_ENTRY_SCHEMA
 from .collate import collate_batch
 from .processor import DataProcessor, PointFeatureEncoder
+from .processor.data_processor import ENTRY_SCHEMA as PROCESSOR_ENTRY_SCHEMA
+from .processor.data_processor import PROCESSOR_SCHEMAS
 from .sample_rng import load_samples
+from .teachers import teacher_schema
 from .teachers.feature_store import teacher_features_cfg
 
 SECTION = 'DATA_CONFIG'
@@ -89,6 +96,27 @@ def lidar_aug_matrix(data_dict):
 
 class DatasetTemplate(torch_data.Dataset):
     MAX_RESAMPLE_ATTEMPTS = 100
+    # The DATA_CONFIG keys of every dataset, with their defaults; a subclass extends it with its own keys. Code reads
+    # them through `self.CONFIG_SCHEMA` (the subclass's: a per-dataset default such as nuScenes' PRED_VELOCITY
+    # applies to the template's reads too) and the config validator picks it by DATASET.
+    CONFIG_SCHEMA = Schema('DATA_CONFIG', {
+        'DATASET': REQUIRED,
+        'DATA_PATH': None,                  # needed to build the dataset (not for inference from files)
+        'POINT_CLOUD_RANGE': REQUIRED,
+        'DATA_SPLIT': None,                 # {train: <split>, test: <split>}; needed by some datasets
+        'INFO_PATH': {},                    # {train: [info files], test: [...]}
+        'POINT_FEATURE_ENCODING': PointFeatureEncoder.CONFIG_SCHEMA,
+        'DATA_AUGMENTOR': DATA_AUGMENTOR_SCHEMA,
+        'DATA_PROCESSOR': SelectList(lambda name: pick(PROCESSOR_SCHEMAS, name, 'processor', 'NAME')),
+        'TEACHER_FEATURES': Select(teacher_schema),     # by NAME; None when absent
+        'PRED_VELOCITY': False,
+        'TRAIN_WITH_SPEED': False,
+        'PROCESSED_DATA_TAG': None,
+        'SAMPLED_INTERVAL': None,           # {train: k, test: k}; None: every frame
+        'VERSION': None,
+        'MAX_SWEEPS': 1,
+        **NONFINITE_POINTS_SCHEMA.keys,     # read by pcdet.utils.point_io
+    })
 
     def __init__(self, dataset_cfg=None, class_names=None, training=True, root_path=None, logger=None):
         super().__init__()
@@ -99,7 +127,8 @@ class DatasetTemplate(torch_data.Dataset):
         if root_path is not None:
             self.root_path = Path(root_path)
         else:
-            self.root_path = Path(dataset_cfg.DATA_PATH) if dataset_cfg and 'DATA_PATH' in dataset_cfg else None
+            data_path = self.CONFIG_SCHEMA.get(dataset_cfg, 'DATA_PATH')
+            self.root_path = Path(data_path) if data_path is not None else None
         self.total_epochs = 0
         self._merge_all_iters_to_one_epoch = False
         self._resampling = False
@@ -108,18 +137,20 @@ class DatasetTemplate(torch_data.Dataset):
         if dataset_cfg is None or class_names is None:
             return
 
-        require_keys(dataset_cfg, ['POINT_CLOUD_RANGE', 'POINT_FEATURE_ENCODING'], SECTION)
-        self.point_cloud_range = np.array(dataset_cfg.POINT_CLOUD_RANGE, dtype=np.float32)
+        schema = self.CONFIG_SCHEMA
+        point_cloud_range = schema.get(dataset_cfg, 'POINT_CLOUD_RANGE')
+        self.point_cloud_range = np.array(point_cloud_range, dtype=np.float32)
         if self.point_cloud_range.shape != (6,):
-            raise ConfigError(f'{SECTION}.POINT_CLOUD_RANGE needs 6 values, got {dataset_cfg.POINT_CLOUD_RANGE}')
+            raise ConfigError(f'{SECTION}.POINT_CLOUD_RANGE needs 6 values, got {point_cloud_range}')
         if self.teacher_cfg:
             self._check_teacher_feature_pipeline(dataset_cfg)
-        self.point_feature_encoder = PointFeatureEncoder(dataset_cfg.POINT_FEATURE_ENCODING, self.point_cloud_range,
+        self.point_feature_encoder = PointFeatureEncoder(schema.get(dataset_cfg, 'POINT_FEATURE_ENCODING'),
+                                                         self.point_cloud_range,
                                                          num_carried_columns=self.num_teacher_features)
-        self.data_augmentor = DataAugmentor(self.root_path, dataset_cfg.get('DATA_AUGMENTOR'), self.class_names,
-                                            logger=logger) if training else None
-        self.data_processor = DataProcessor(dataset_cfg.get('DATA_PROCESSOR'), self.point_cloud_range, training,
-                                            self.point_feature_encoder.num_point_features)
+        self.data_augmentor = DataAugmentor(self.root_path, schema.get(dataset_cfg, 'DATA_AUGMENTOR'),
+                                            self.class_names, logger=logger) if training else None
+        self.data_processor = DataProcessor(schema.get(dataset_cfg, 'DATA_PROCESSOR'), self.point_cloud_range,
+                                            training, self.point_feature_encoder.num_point_features)
         self.grid_size = self.data_processor.grid_size
         self.voxel_size = self.data_processor.voxel_size
         self.depth_downsample_factor = getattr(self.data_processor, 'depth_downsample_factor', None)
@@ -127,11 +158,13 @@ class DatasetTemplate(torch_data.Dataset):
     def _check_teacher_feature_pipeline(self, dataset_cfg):
         """ConfigError for steps that would break the row alignment of the carried teacher features (checked on the
         config before the augmentor opens any GT database)."""
-        if self.training and self.class_names and _gt_sampling_configured(dataset_cfg.get('DATA_AUGMENTOR')):
+        if self.training and self.class_names and \
+                _gt_sampling_configured(self.CONFIG_SCHEMA.get(dataset_cfg, 'DATA_AUGMENTOR')):
             raise ConfigError(f'{SECTION}.TEACHER_FEATURES with an active gt_sampling: pasted object points have no '
                               'teacher features. Add gt_sampling to DATA_AUGMENTOR.DISABLE_AUG_LIST (self-supervised '
                               'mode, CLASS_NAMES: [], skips it anyway) or set TEACHER_FEATURES.ENABLED: False')
-        names = [step.get('NAME') for step in dataset_cfg.get('DATA_PROCESSOR') or []]
+        names = [PROCESSOR_ENTRY_SCHEMA.get(step, 'NAME')
+                 for step in self.CONFIG_SCHEMA.get(dataset_cfg, 'DATA_PROCESSOR') or []]
         if 'transform_points_to_voxels' in names:
             raise ConfigError(f'{SECTION}.TEACHER_FEATURES with DATA_PROCESSOR transform_points_to_voxels (hard '
                               'voxels): per-point teacher features need per-point rows; use '
@@ -250,7 +283,8 @@ class DatasetTemplate(torch_data.Dataset):
 
     def generate_prediction_dicts(self, batch_dict, pred_dicts, class_names, output_path=None):
         """Per frame `{name, score, boxes_lidar (K, 7|9), pred_labels (1-based), frame_id[, metadata]}` (§1.13)."""
-        with_speed = self.dataset_cfg.get('TRAIN_WITH_SPEED', False) or self.dataset_cfg.get('PRED_VELOCITY', False)
+        with_speed = self.CONFIG_SCHEMA.get(self.dataset_cfg, 'TRAIN_WITH_SPEED') or \
+            self.CONFIG_SCHEMA.get(self.dataset_cfg, 'PRED_VELOCITY')
         annos = []
         for index, box_dict in enumerate(pred_dicts):
             scores, boxes, labels = (_to_numpy(box_dict[k]) for k in ('pred_scores', 'pred_boxes', 'pred_labels'))
@@ -268,12 +302,9 @@ class DatasetTemplate(torch_data.Dataset):
 def _gt_sampling_configured(augmentor_cfg):
     """True when DATA_AUGMENTOR lists gt_sampling and DISABLE_AUG_LIST does not switch it off (DataAugmentor's rules;
     a bare list is the old-style AUG_CONFIG_LIST)."""
-    if isinstance(augmentor_cfg, (list, tuple)):
-        configs, disabled = augmentor_cfg, []
-    else:
-        configs = (augmentor_cfg or {}).get('AUG_CONFIG_LIST') or []
-        disabled = (augmentor_cfg or {}).get('DISABLE_AUG_LIST') or []
-    return any(config.get('NAME') == 'gt_sampling' for config in configs) and 'gt_sampling' not in disabled
+    configs, disabled = augmentor_entries(augmentor_cfg)
+    return any(AUGMENTOR_ENTRY_SCHEMA.get(config, 'NAME') == 'gt_sampling' for config in configs) \
+        and 'gt_sampling' not in disabled
 
 
 def _to_numpy(value):

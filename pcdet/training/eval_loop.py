@@ -38,9 +38,18 @@ def epoch_id_from_ckpt(path):
     return match.group(1) if match else 'no_number'
 
 
+def _post_processing_value(cfg, key):
+    """MODEL.POST_PROCESSING[key] of a full config, else the default the detectors declare (POST_PROCESSING_SCHEMA;
+    a config without MODEL, e.g. in tests, reads the defaults)."""
+    from ..models.detectors.detector3d_template import POST_PROCESSING_SCHEMA
+    model_cfg = cfg['MODEL'] if cfg is not None and 'MODEL' in cfg else {}
+    # not Detector3DTemplate.CONFIG_SCHEMA.get: filling an absent block would demand its NMS_CONFIG.NMS_TYPE
+    post = model_cfg['POST_PROCESSING'] if 'POST_PROCESSING' in model_cfg else None
+    return POST_PROCESSING_SCHEMA.get(post, key)
+
+
 def _recall_thresholds(cfg):
-    post = cfg.get('MODEL', {}).get('POST_PROCESSING', {}) if cfg is not None else {}
-    return list(post.get('RECALL_THRESH_LIST', [0.3, 0.5, 0.7]))
+    return list(_post_processing_value(cfg, 'RECALL_THRESH_LIST'))
 
 
 def statistics_info(cfg, ret_dict, metric, disp_dict):
@@ -75,7 +84,7 @@ def _shard_indices(dataloader):
 
 def _evaluation_kwargs(dataset, cfg, output_path):
     kwargs = {'output_path': output_path}
-    metric = cfg.get('MODEL', {}).get('POST_PROCESSING', {}).get('EVAL_METRIC') if cfg is not None else None
+    metric = _post_processing_value(cfg, 'EVAL_METRIC')
     if metric is not None:
         params = inspect.signature(dataset.evaluation).parameters
         if 'eval_metric' in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):

@@ -378,7 +378,7 @@ def prefix_coverage(report, prefixes):
 def load_pretrained_model(model, filename, pretrained_cfg=None, logger=None, to_cpu=True):
     """`--pretrained_model`: load matching tensors (not `global_step`) and log a coverage report per top-level
     prefix. `pretrained_cfg` = `MODEL.PRETRAINED_ENCODER` or None; with it, raise `CheckpointMismatchError` when the
-    loaded fraction of the tensors under its PREFIXES is below MIN_COVERAGE (default 0.95)."""
+    loaded fraction of the tensors under its PREFIXES is below MIN_COVERAGE (defaults: PRETRAINED_ENCODER_SCHEMA)."""
     logger = _log(logger)
     report = load_params_from_file(model, filename, logger, to_cpu=to_cpu, strict=False,
                                    min_matched_fraction=0.0 if pretrained_cfg else DEFAULT_MIN_MATCHED_FRACTION,
@@ -388,8 +388,9 @@ def load_pretrained_model(model, filename, pretrained_cfg=None, logger=None, to_
     logger.info('Pretrained coverage (%s): %s', filename, ', '.join(
         f'{prefix[:-1]} {loaded}/{total}' for prefix, (loaded, total) in coverage.items()))
     if pretrained_cfg:
-        prefixes = list(pretrained_cfg.get('PREFIXES', ['vfe.', 'backbone_3d.']))
-        minimum = float(pretrained_cfg.get('MIN_COVERAGE', 0.95))
+        from ..models.detectors.detector3d_template import PRETRAINED_ENCODER_SCHEMA  # lazy: models import this
+        prefixes = list(PRETRAINED_ENCODER_SCHEMA.get(pretrained_cfg, 'PREFIXES'))
+        minimum = float(PRETRAINED_ENCODER_SCHEMA.get(pretrained_cfg, 'MIN_COVERAGE'))
         loaded, total = (sum(v) for v in zip(*prefix_coverage(report, prefixes).values()))
         fraction = loaded / max(total, 1)
         logger.info('Pretrained encoder coverage: %d/%d tensors under %s (%.1f%%, minimum %.0f%%)', loaded, total,

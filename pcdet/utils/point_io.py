@@ -40,12 +40,16 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import ConfigError
+from ..config_schema import Schema
 from .file_utils import atomic_save_bytes
 
 SUPPORTED_EXTENSIONS = ('.bin', '.npy', '.pcd')
 NONFINITE_POINTS_KEY = 'NONFINITE_POINTS'      # DATA_CONFIG key: what to do with NaN / inf point rows
 NONFINITE_POINTS_DEFAULT = 'warn'              # drop them, one warning per file
 NONFINITE_POINTS_POLICIES = ('warn', 'error')
+# The DATA_CONFIG key this module reads; every dataset's CONFIG_SCHEMA includes these keys (dataset.py), so the
+# default is declared here only.
+NONFINITE_POINTS_SCHEMA = Schema('DATA_CONFIG', {NONFINITE_POINTS_KEY: NONFINITE_POINTS_DEFAULT})
 
 _log = logging.getLogger(__name__)
 _files_warned_nonfinite = set()  # per process: each file's non-finite rows are reported once
@@ -142,8 +146,7 @@ def list_point_files(path, ext=None):
 
 def nonfinite_points_policy(dataset_cfg):
     """`DATA_CONFIG.NONFINITE_POINTS` of a dataset config (None: the default 'warn'); ConfigError for other values."""
-    policy = NONFINITE_POINTS_DEFAULT if dataset_cfg is None else \
-        dataset_cfg.get(NONFINITE_POINTS_KEY, NONFINITE_POINTS_DEFAULT)
+    policy = NONFINITE_POINTS_SCHEMA.get(dataset_cfg, NONFINITE_POINTS_KEY)
     return check_nonfinite_policy(policy, f'DATA_CONFIG.{NONFINITE_POINTS_KEY}')
 
 

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from easydict import EasyDict
 
@@ -157,14 +158,158 @@ CONVERTED = ['pcdet/models/backbones_3d/vfe/dynamic_pillar_vfe.py', 'pcdet/model
              'pcdet/models/backbones_2d/map_to_bev/pointpillar_scatter.py',
              'pcdet/models/dense_heads/center_head.py', 'pcdet/models/dense_heads/gpicture_head.py',
              'pcdet/models/detectors/gpicture.py', 'pcdet/models/model_utils/model_nms_utils.py',
-             'pcdet/training/optimization.py', 'pcdet/training/schedulers.py']
+             'pcdet/training/optimization.py', 'pcdet/training/schedulers.py',
+             # dataset side and the leftover readers
+             'pcdet/datasets/__init__.py', 'pcdet/datasets/dataset.py', 'pcdet/datasets/nuscenes/nuscenes_dataset.py',
+             'pcdet/datasets/nuscenes/nuscenes_utils.py', 'pcdet/datasets/waymo/waymo_dataset.py',
+             'pcdet/datasets/waymo/waymo_utils.py', 'pcdet/datasets/augmentor/data_augmentor.py',
+             'pcdet/datasets/augmentor/database_sampler.py', 'pcdet/datasets/processor/data_processor.py',
+             'pcdet/datasets/processor/point_feature_encoder.py', 'pcdet/datasets/processor/voxelization.py',
+             'pcdet/datasets/teachers/__init__.py', 'pcdet/datasets/teachers/base.py',
+             'pcdet/datasets/teachers/prepare.py', 'pcdet/datasets/teachers/feature_store.py',
+             'pcdet/datasets/teachers/synthetic_semantic.py', 'pcdet/datasets/teachers/seal_minkunet.py',
+             'pcdet/utils/point_io.py', 'pcdet/training/eval_loop.py', 'pcdet/utils/checkpoint.py',
+             'pcdet/models/detectors/centerpoint.py']
 RAW_READ = re.compile(r"\b\w*(cfg|config)\w*\.get\(\s*'[A-Za-z_]+'")
+
+
+def raw_reads(text):
+    return [line.strip() for line in text.splitlines() if RAW_READ.search(line)]
 
 
 @pytest.mark.parametrize('relpath', CONVERTED)
 def test_converted_modules_read_config_only_through_their_schema(relpath):
-    raw = [line.strip() for line in (ROOT / relpath).read_text().splitlines() if RAW_READ.search(line)]
+    raw = raw_reads((ROOT / relpath).read_text())
     assert raw == [], f'{relpath} reads config keys around its schema: {raw}'
+
+
+def test_the_scan_catches_a_planted_raw_read():
+    text = (ROOT / 'pcdet/datasets/nuscenes/nuscenes_dataset.py').read_text()
+    assert raw_reads(text) == []
+    planted = text.replace("max_sweeps=self._cfg('MAX_SWEEPS')", "max_sweeps=self.dataset_cfg.get('MAX_SWEEPS', 10)")
+    assert planted != text
+    assert raw_reads(planted) == ["'points': self.get_lidar_with_sweeps(index, "
+                                  "max_sweeps=self.dataset_cfg.get('MAX_SWEEPS', 10)),"]
+
+
+def test_dataset_side_schemas_are_the_modules_own():
+    """The validator uses the very objects the modules read through (no copies that could drift)."""
+    from pcdet.config_registry import dataset_schema, hook_schema
+    from pcdet.datasets import HOOK_SCHEMA
+    from pcdet.datasets.augmentor.data_augmentor import AUGMENTOR_SCHEMAS
+    from pcdet.datasets.augmentor.database_sampler import DataBaseSampler
+    from pcdet.datasets.dataset import DatasetTemplate
+    from pcdet.datasets.nuscenes.nuscenes_dataset import NuScenesDataset
+    from pcdet.datasets.processor.data_processor import PROCESSOR_SCHEMAS
+    from pcdet.datasets.processor.point_feature_encoder import PointFeatureEncoder
+    from pcdet.datasets.teachers.seal_minkunet import SealMinkUNetTeacher
+    from pcdet.datasets.teachers.synthetic_semantic import SyntheticSemanticTeacher
+    from pcdet.datasets.waymo.waymo_dataset import WaymoDataset
+    assert dataset_schema('NuScenesDataset') is NuScenesDataset.CONFIG_SCHEMA
+    assert dataset_schema('WaymoDataset') is WaymoDataset.CONFIG_SCHEMA
+    assert hook_schema() is HOOK_SCHEMA
+    keys = DatasetTemplate.CONFIG_SCHEMA.keys
+    assert keys['POINT_FEATURE_ENCODING'] is PointFeatureEncoder.CONFIG_SCHEMA
+    assert keys['DATA_AUGMENTOR'].keys['AUG_CONFIG_LIST'].resolve('gt_sampling') is DataBaseSampler.CONFIG_SCHEMA
+    assert AUGMENTOR_SCHEMAS['gt_sampling'] is DataBaseSampler.CONFIG_SCHEMA
+    assert keys['DATA_PROCESSOR'].resolve('shuffle_points') is PROCESSOR_SCHEMAS['shuffle_points']
+    assert keys['TEACHER_FEATURES'].resolve('seal_minkunet') is SealMinkUNetTeacher.CONFIG_SCHEMA
+    assert keys['TEACHER_FEATURES'].resolve('synthetic_semantic') is SyntheticSemanticTeacher.CONFIG_SCHEMA
+    # per-dataset default: nuScenes keeps velocities, the template (Waymo) does not
+    assert (NuScenesDataset.CONFIG_SCHEMA.keys['PRED_VELOCITY'], WaymoDataset.CONFIG_SCHEMA.keys['PRED_VELOCITY']) \
+        == (True, False)
+
+
+def _declared(schema, key):
+    return schema.keys[key]
+
+
+def test_dataset_side_modules_fill_the_declared_defaults(tmp_path):
+    """A config without an optional key behaves as one that sets it to the schema's declared default."""
+    import pickle
+
+    import numpy as np
+
+    from pcdet.datasets import HOOK_SCHEMA, apply_disable_augmentation_hook
+    from pcdet.datasets.augmentor.data_augmentor import DATA_AUGMENTOR_SCHEMA, DataAugmentor
+    from pcdet.datasets.augmentor.database_sampler import DataBaseSampler
+    from pcdet.datasets.dataset import DatasetTemplate
+    from pcdet.datasets.nuscenes.nuscenes_dataset import NuScenesDataset
+    from pcdet.datasets.processor.data_processor import PROCESSOR_SCHEMAS, DataProcessor
+    from pcdet.datasets.processor.point_feature_encoder import PointFeatureEncoder
+    from pcdet.datasets.teachers import feature_store
+    from pcdet.datasets.teachers.seal_minkunet import SealMinkUNetTeacher
+    from pcdet.datasets.teachers.synthetic_semantic import SyntheticSemanticTeacher
+    from pcdet.datasets.waymo import waymo_utils
+    from pcdet.models.detectors.detector3d_template import POST_PROCESSING_SCHEMA, PRETRAINED_ENCODER_SCHEMA
+    from pcdet.training.eval_loop import _recall_thresholds
+    from pcdet.utils.point_io import NONFINITE_POINTS_SCHEMA, nonfinite_points_policy
+
+    # point feature encoder: filter_sweeps
+    encoding = {'encoding_type': 'absolute_coordinates_encoding', 'src_feature_list': ['x', 'y', 'z', 'timestamp'],
+                'used_feature_list': ['x', 'y', 'z', 'timestamp']}
+    points = np.array([[0, 0, 0, 0.0], [1, 1, 1, 0.05], [2, 2, 2, 0.1]], dtype=np.float32)
+    declared = dict(encoding, filter_sweeps=_declared(PointFeatureEncoder.CONFIG_SCHEMA, 'filter_sweeps'))
+    np.testing.assert_array_equal(PointFeatureEncoder(EasyDict(encoding)).forward({'points': points})['points'],
+                                  PointFeatureEncoder(EasyDict(declared)).forward({'points': points})['points'])
+
+    # data processor: mask_points_and_boxes_outside_range's switches
+    schema = PROCESSOR_SCHEMAS['mask_points_and_boxes_outside_range']
+    step = DataProcessor([EasyDict(NAME='mask_points_and_boxes_outside_range')], [-1, -1, -1, 1, 1, 1], True, 3)
+    keywords = step.data_processor_queue[0].keywords
+    assert (keywords['use_z'], keywords['filter_boxes'], keywords['min_num_corners'],
+            keywords['use_center_to_filter']) == tuple(schema.keys[k] for k in (
+                'MASK_Z', 'REMOVE_OUTSIDE_BOXES', 'min_num_corners', 'USE_CENTER_TO_FILTER'))
+
+    # augmentor block: DISABLE_AUG_LIST / AUG_CONFIG_LIST
+    assert DataAugmentor('/nonexistent', None, ['car']).active_augmentations == \
+        list(DATA_AUGMENTOR_SCHEMA.fill(None).AUG_CONFIG_LIST)
+
+    # gt_sampling: REMOVE_EXTRA_WIDTH, LIMIT_WHOLE_SCENE, PREPARE, BACKUP_DB_INFO
+    with open(tmp_path / 'db.pkl', 'wb') as handle:
+        pickle.dump({'car': [{'name': 'car', 'num_points_in_gt': 3, 'difficulty': 0}]}, handle)
+    sampler = DataBaseSampler(tmp_path, EasyDict(NAME='gt_sampling', DB_INFO_PATH=['db.pkl'], SAMPLE_GROUPS=['car:1'],
+                                                 NUM_POINT_FEATURES=5), ['car'])
+    assert sampler.limit_whole_scene == _declared(DataBaseSampler.CONFIG_SCHEMA, 'LIMIT_WHOLE_SCENE')
+    assert DataBaseSampler.CONFIG_SCHEMA.get(sampler.sampler_cfg, 'REMOVE_EXTRA_WIDTH') == [0, 0, 0]
+    assert len(sampler.db_infos['car']) == 1  # PREPARE absent: no filter
+
+    # template and per-dataset defaults: the prediction width follows PRED_VELOCITY / TRAIN_WITH_SPEED
+    empty = [{'pred_scores': np.zeros(0), 'pred_boxes': np.zeros((0, 9)), 'pred_labels': np.zeros(0)}]
+    batch = {'frame_id': ['f']}
+    for cls, width in ((DatasetTemplate, 7), (NuScenesDataset, 9)):
+        dataset = cls.__new__(cls)
+        for cfg in (EasyDict(), EasyDict(PRED_VELOCITY=_declared(cls.CONFIG_SCHEMA, 'PRED_VELOCITY'))):
+            dataset.dataset_cfg = cfg
+            assert dataset.generate_prediction_dicts(batch, empty, ['car'])[0]['boxes_lidar'].shape == (0, width)
+
+    # point_io, waymo_utils
+    assert nonfinite_points_policy(EasyDict()) == NONFINITE_POINTS_SCHEMA.keys['NONFINITE_POINTS'] == 'warn'
+    assert waymo_utils.points_tanh_dims(EasyDict()) == waymo_utils.points_tanh_dims(
+        EasyDict(POINTS_TANH_DIM=_declared(waymo_utils.POINTS_TANH_SCHEMA, 'POINTS_TANH_DIM')))
+
+    # teachers: ENABLED, FEATURE_DIR, and each teacher's own keys
+    block = EasyDict(NAME='synthetic_semantic', NUM_FEATURES=8)
+    assert feature_store.teacher_features_cfg(EasyDict(TEACHER_FEATURES=block)) is block
+    assert feature_store.feature_dir_of(block) == 'teacher_features/synthetic_semantic'
+    teacher = SyntheticSemanticTeacher(block)
+    assert (teacher.seed, teacher.noise_std, teacher.num_labels) == tuple(
+        SyntheticSemanticTeacher.CONFIG_SCHEMA.keys[k] for k in ('SEED', 'NOISE_STD', 'NUM_LABELS'))
+
+    class Model(torch.nn.Module):
+        out_channels = 8
+
+    seal = SealMinkUNetTeacher.from_model(Model(), EasyDict(NAME='seal_minkunet', NUM_FEATURES=8))
+    keys = SealMinkUNetTeacher.CONFIG_SCHEMA.keys
+    assert (seal.voxel_size, seal.intensity_column, seal.intensity_scale, str(seal.device)) == (
+        keys['VOXEL_SIZE'], keys['INTENSITY_COLUMN'], keys['INTENSITY_SCALE'], keys['DEVICE'])
+
+    # hook, evaluation, pretrained encoder
+    assert HOOK_SCHEMA.fill(None) == {'DisableAugmentationHook': None}
+    assert apply_disable_augmentation_hook(None, EasyDict(DisableAugmentationHook=None), 0, 1) is False
+    assert _recall_thresholds(EasyDict()) == _recall_thresholds(None) == POST_PROCESSING_SCHEMA.keys[
+        'RECALL_THRESH_LIST']
+    assert PRETRAINED_ENCODER_SCHEMA.get(EasyDict(), 'MIN_COVERAGE') == 0.95
 
 
 def test_every_registered_model_class_declares_a_schema():

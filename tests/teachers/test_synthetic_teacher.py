@@ -87,7 +87,7 @@ def test_noise_is_standard_normal():
 
 
 def test_label_validation_names_the_value():
-    teacher = SyntheticSemanticTeacher({'NUM_LABELS': 32})
+    teacher = SyntheticSemanticTeacher({'NUM_FEATURES': 64, 'NUM_LABELS': 32})  # NUM_FEATURES is required
     points, labels = random_points(10)
     labels[4] = 40
     with pytest.raises(ValueError, match='label value 40'):

@@ -23,40 +23,63 @@ from functools import partial
 import numpy as np
 import torch
 
-from ...config import ConfigError, require_keys
+from ...config import ConfigError
+from ...config_schema import REQUIRED, Schema, SelectList, check_block, pick
 from ...utils.common_utils import limit_period
 from . import augmentor_utils
 from .database_sampler import DataBaseSampler
 
 SECTION = 'DATA_CONFIG.DATA_AUGMENTOR.AUG_CONFIG_LIST'
 
+# The keys of each AUG_CONFIG_LIST entry, by NAME (gt_sampling: DataBaseSampler's); the builders below read them
+# through these schemas and the config validator (DATA_AUGMENTOR_SCHEMA) checks entries against the same objects.
+ENTRY_SCHEMA = Schema('DATA_AUGMENTOR entry', {'NAME': REQUIRED})
+AUGMENTOR_SCHEMAS = {
+    'gt_sampling': DataBaseSampler.CONFIG_SCHEMA,
+    'random_world_flip': Schema('DATA_AUGMENTOR random_world_flip', {'NAME': REQUIRED, 'ALONG_AXIS_LIST': REQUIRED}),
+    'random_world_rotation': Schema('DATA_AUGMENTOR random_world_rotation', {
+        'NAME': REQUIRED, 'WORLD_ROT_ANGLE': REQUIRED}),
+    'random_world_scaling': Schema('DATA_AUGMENTOR random_world_scaling', {
+        'NAME': REQUIRED, 'WORLD_SCALE_RANGE': REQUIRED}),
+    'random_world_translation': Schema('DATA_AUGMENTOR random_world_translation', {
+        'NAME': REQUIRED, 'NOISE_TRANSLATE_STD': REQUIRED}),
+}
+DATA_AUGMENTOR_SCHEMA = Schema('DATA_CONFIG.DATA_AUGMENTOR', {
+    'DISABLE_AUG_LIST': [],
+    'AUG_CONFIG_LIST': SelectList(lambda name: pick(AUGMENTOR_SCHEMAS, name, 'augmentor', 'NAME')),
+})
+
+
+def augmentor_entries(augmentor_configs):
+    """(AUG_CONFIG_LIST, DISABLE_AUG_LIST) of a DATA_AUGMENTOR block (None: empty; a bare list is the old-style
+    AUG_CONFIG_LIST)."""
+    if isinstance(augmentor_configs, (list, tuple)):
+        return list(augmentor_configs), []
+    return (DATA_AUGMENTOR_SCHEMA.get(augmentor_configs, 'AUG_CONFIG_LIST') or [],
+            list(DATA_AUGMENTOR_SCHEMA.get(augmentor_configs, 'DISABLE_AUG_LIST') or []))
+
 
 class DataAugmentor:
-    AUGMENTATIONS = ('gt_sampling', 'random_world_flip', 'random_world_rotation', 'random_world_scaling',
-                     'random_world_translation')
+    AUGMENTATIONS = tuple(AUGMENTOR_SCHEMAS)
 
     def __init__(self, root_path, augmentor_configs, class_names, logger=None):
         self.root_path = root_path
         self.class_names = list(class_names)
         self.logger = logger
-        if isinstance(augmentor_configs, (list, tuple)):  # old style: a bare AUG_CONFIG_LIST
-            aug_config_list, disabled = augmentor_configs, []
-        else:
-            augmentor_configs = augmentor_configs or {}
-            aug_config_list = augmentor_configs.get('AUG_CONFIG_LIST') or []
-            disabled = list(augmentor_configs.get('DISABLE_AUG_LIST') or [])
+        aug_config_list, disabled = augmentor_entries(augmentor_configs)
         for name in disabled:
             self._check_known(name, 'DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST')
         self.data_augmentor_queue = []  # [(name, step)]
         for index, config in enumerate(aug_config_list):
-            require_keys(config, ['NAME'], f'{SECTION}[{index}]')
-            self._check_known(config.NAME, f'{SECTION}[{index}].NAME')
-            if config.NAME in disabled:
+            name = ENTRY_SCHEMA.get(config, 'NAME')
+            self._check_known(name, f'{SECTION}[{index}].NAME')
+            check_block(config, AUGMENTOR_SCHEMAS[name], f'{SECTION}[{name}]')  # entries named as in the builders
+            if name in disabled:
                 continue
-            if config.NAME == 'gt_sampling' and not self.class_names:
+            if name == 'gt_sampling' and not self.class_names:
                 self._log('self-supervised mode (no CLASS_NAMES): gt_sampling skipped')
                 continue
-            self.data_augmentor_queue.append((config.NAME, getattr(self, config.NAME)(config)))
+            self.data_augmentor_queue.append((name, getattr(self, name)(config)))
         # One flag per queue entry, in shared memory so already-forked workers see changes.
         self._enabled = torch.ones(len(self.data_augmentor_queue), dtype=torch.bool).share_memory_()
 
@@ -112,29 +135,26 @@ class DataAugmentor:
 
     def random_world_flip(self, config):
         section = f'{SECTION}[random_world_flip]'
-        require_keys(config, ['ALONG_AXIS_LIST'], section)
-        axes = list(config.ALONG_AXIS_LIST)
+        axes = list(AUGMENTOR_SCHEMAS['random_world_flip'].get(config, 'ALONG_AXIS_LIST'))
         if any(axis not in augmentor_utils.FLIP_AXES for axis in axes):
             raise ConfigError(f'{section}.ALONG_AXIS_LIST: {axes}, allowed: {list(augmentor_utils.FLIP_AXES)}')
         return partial(random_world_flip_step, axes=axes)
 
     def random_world_rotation(self, config):
-        require_keys(config, ['WORLD_ROT_ANGLE'], f'{SECTION}[random_world_rotation]')
-        angle = config.WORLD_ROT_ANGLE
+        angle = AUGMENTOR_SCHEMAS['random_world_rotation'].get(config, 'WORLD_ROT_ANGLE')
         low, high = (-angle, angle) if np.isscalar(angle) else angle
         return partial(random_world_rotation_step, low=float(low), high=float(high))
 
     def random_world_scaling(self, config):
-        require_keys(config, ['WORLD_SCALE_RANGE'], f'{SECTION}[random_world_scaling]')
-        low, high = config.WORLD_SCALE_RANGE
+        low, high = AUGMENTOR_SCHEMAS['random_world_scaling'].get(config, 'WORLD_SCALE_RANGE')
         return partial(random_world_scaling_step, low=float(low), high=float(high))
 
     def random_world_translation(self, config):
         section = f'{SECTION}[random_world_translation]'
-        require_keys(config, ['NOISE_TRANSLATE_STD'], section)
-        std = np.asarray(config.NOISE_TRANSLATE_STD, dtype=np.float64).reshape(-1)
+        given = AUGMENTOR_SCHEMAS['random_world_translation'].get(config, 'NOISE_TRANSLATE_STD')
+        std = np.asarray(given, dtype=np.float64).reshape(-1)
         if std.size not in (1, 3):
-            raise ConfigError(f'{section}.NOISE_TRANSLATE_STD needs 1 or 3 values, got {config.NOISE_TRANSLATE_STD}')
+            raise ConfigError(f'{section}.NOISE_TRANSLATE_STD needs 1 or 3 values, got {given}')
         return partial(random_world_translation_step, std=np.broadcast_to(std, (3,)).copy())
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...config import ConfigError, require_keys
+from ...config import ConfigError
+from ...config_schema import REQUIRED, Ignored, Schema, check_block
 from ...ops.iou3d_nms.iou3d_nms_utils import boxes_bev_iou_cpu
 from ...utils import box_utils
 
@@ -70,16 +71,39 @@ def draw_distinct(num_items, num_draws):
     return generator.choice(int(num_items), size=count, replace=False)
 
 
+BACKUP_DB_INFO_SCHEMA = Schema('gt_sampling.BACKUP_DB_INFO', {
+    'DB_INFO_PATH': REQUIRED, 'DB_DATA_PATH': None, 'NUM_POINT_FEATURES': REQUIRED}, absent='none')
+
+
 class DataBaseSampler:
     PREPARE_FILTERS = ('filter_by_min_points', 'filter_by_difficulty')
+    CONFIG_SCHEMA = Schema('DATA_AUGMENTOR gt_sampling', {
+        'NAME': REQUIRED,
+        'DB_INFO_PATH': REQUIRED,
+        'SAMPLE_GROUPS': REQUIRED,
+        'NUM_POINT_FEATURES': REQUIRED,
+        'DB_DATA_PATH': None,
+        'PREPARE': None,                            # {filter_by_min_points: [...], filter_by_difficulty: [...]}
+        'REMOVE_EXTRA_WIDTH': [0, 0, 0],
+        'LIMIT_WHOLE_SCENE': False,
+        'DATABASE_WITH_FAKELIDAR': False,
+        'FILTER_OBJ_POINTS_BY_TIMESTAMP': False,
+        'TIME_RANGE': None,                         # [min, max] time lag, needed with FILTER_OBJ_POINTS_BY_TIMESTAMP
+        'BACKUP_DB_INFO': BACKUP_DB_INFO_SCHEMA,
+        'USE_ROAD_PLANE': Ignored('KITTI road planes are not supported'),
+        'USE_SHARED_MEMORY': Ignored('OpenPCDet shared-memory loading; DB_DATA_PATH is memory-mapped instead'),
+    })
 
     def __init__(self, root_path, sampler_cfg, class_names, logger=None):
         self.root_path = Path(root_path)
         self.sampler_cfg = sampler_cfg
         self.class_names = list(class_names)
         self.logger = logger
-        require_keys(sampler_cfg, ['DB_INFO_PATH', 'SAMPLE_GROUPS', 'NUM_POINT_FEATURES'], SECTION)
-        if sampler_cfg.get('DATABASE_WITH_FAKELIDAR', False):
+        schema = self.CONFIG_SCHEMA
+        check_block(sampler_cfg, schema, SECTION)
+        if schema.get(sampler_cfg, 'FILTER_OBJ_POINTS_BY_TIMESTAMP') and schema.get(sampler_cfg, 'TIME_RANGE') is None:
+            raise ConfigError(f'{SECTION}.FILTER_OBJ_POINTS_BY_TIMESTAMP needs TIME_RANGE [min, max]')
+        if schema.get(sampler_cfg, 'DATABASE_WITH_FAKELIDAR'):
             raise ConfigError(f'{SECTION}.DATABASE_WITH_FAKELIDAR is not supported (regenerate the database)')
         db_info_paths, db_data_path, self.num_point_features = self._database_files(sampler_cfg)
         self.db_infos = {name: [] for name in self.class_names}
@@ -90,16 +114,17 @@ class DataBaseSampler:
             self.db_metadata[str(info_path)] = infos.get(DB_METADATA_KEY)
             for name in self.class_names:
                 self.db_infos[name].extend(infos.get(name, []))
-        for filter_name, value in (sampler_cfg.get('PREPARE') or {}).items():
+        for filter_name, value in (schema.get(sampler_cfg, 'PREPARE') or {}).items():
             if filter_name not in self.PREPARE_FILTERS:
                 raise ConfigError(f'{SECTION}.PREPARE: unknown filter {filter_name!r}; '
                                   f'known: {list(self.PREPARE_FILTERS)}')
             self.db_infos = getattr(self, filter_name)(self.db_infos, value)
         self.db_data_path = db_data_path
         self._db_data = None  # opened lazily per process (a memmap must not be pickled into workers)
-        self.limit_whole_scene = sampler_cfg.get('LIMIT_WHOLE_SCENE', False)
+        self.limit_whole_scene = schema.get(sampler_cfg, 'LIMIT_WHOLE_SCENE')
+        sample_groups = schema.get(sampler_cfg, 'SAMPLE_GROUPS')
         self.sample_class_num = {name: num for name, num in
-                                 parse_class_counts(sampler_cfg.SAMPLE_GROUPS, f'{SECTION}.SAMPLE_GROUPS').items()
+                                 parse_class_counts(sample_groups, f'{SECTION}.SAMPLE_GROUPS').items()
                                  if name in self.class_names}
         if logger is not None:
             for name, infos in self.db_infos.items():
@@ -111,16 +136,18 @@ class DataBaseSampler:
             paths = [paths] if isinstance(paths, str) else list(paths)
             return [self.root_path / p for p in paths]
 
-        info_paths = resolve(cfg.DB_INFO_PATH)
-        data_path = resolve(cfg.DB_DATA_PATH)[0] if cfg.get('DB_DATA_PATH') else None
-        num_features = int(cfg.NUM_POINT_FEATURES)
+        schema = self.CONFIG_SCHEMA
+        info_paths = resolve(schema.get(cfg, 'DB_INFO_PATH'))
+        db_data_path = schema.get(cfg, 'DB_DATA_PATH')
+        data_path = resolve(db_data_path)[0] if db_data_path else None
+        num_features = int(schema.get(cfg, 'NUM_POINT_FEATURES'))
         missing = [str(p) for p in info_paths if not p.is_file()]
-        if missing and cfg.get('BACKUP_DB_INFO') and len(info_paths) == 1:
-            backup = cfg.BACKUP_DB_INFO
-            require_keys(backup, ['DB_INFO_PATH', 'NUM_POINT_FEATURES'], f'{SECTION}.BACKUP_DB_INFO')
-            info_paths = resolve(backup.DB_INFO_PATH)
-            data_path = resolve(backup.DB_DATA_PATH)[0] if backup.get('DB_DATA_PATH') else None
-            num_features = int(backup.NUM_POINT_FEATURES)
+        backup = schema.get(cfg, 'BACKUP_DB_INFO')  # None when absent (a switch); checked with the entry
+        if missing and backup and len(info_paths) == 1:
+            info_paths = resolve(BACKUP_DB_INFO_SCHEMA.get(backup, 'DB_INFO_PATH'))
+            db_data_path = BACKUP_DB_INFO_SCHEMA.get(backup, 'DB_DATA_PATH')
+            data_path = resolve(db_data_path)[0] if db_data_path else None
+            num_features = int(BACKUP_DB_INFO_SCHEMA.get(backup, 'NUM_POINT_FEATURES'))
             missing = [str(p) for p in info_paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f'{SECTION}.DB_INFO_PATH: database info file(s) not found: {missing} '
@@ -222,8 +249,8 @@ class DataBaseSampler:
                          f'({expected * self.num_point_features * 4} bytes)')
 
     def _filter_by_time(self, obj_points, num_scene_features):
-        if self.sampler_cfg.get('FILTER_OBJ_POINTS_BY_TIMESTAMP', False):
-            min_time, max_time = sorted(self.sampler_cfg.TIME_RANGE)
+        if self.CONFIG_SCHEMA.get(self.sampler_cfg, 'FILTER_OBJ_POINTS_BY_TIMESTAMP'):
+            min_time, max_time = sorted(self.CONFIG_SCHEMA.get(self.sampler_cfg, 'TIME_RANGE'))
         elif obj_points.shape[1] == num_scene_features + 1:  # multi-frame database used for single frames
             min_time = max_time = 0.0
         else:
@@ -243,7 +270,7 @@ class DataBaseSampler:
             raise ValueError(f'{SECTION}: database points have {obj_points.shape[1]} columns, the scene has '
                              f'{points.shape[1]} (NUM_POINT_FEATURES={self.num_point_features})')
         enlarged = box_utils.enlarge_box3d(sampled_boxes[:, 0:7],
-                                           extra_width=self.sampler_cfg.get('REMOVE_EXTRA_WIDTH', [0, 0, 0]))
+                                           extra_width=self.CONFIG_SCHEMA.get(self.sampler_cfg, 'REMOVE_EXTRA_WIDTH'))
         points = box_utils.remove_points_in_boxes3d(points, enlarged)
         data_dict['points'] = np.concatenate([obj_points[:, :points.shape[1]].astype(points.dtype), points])
         sampled_names = np.array([info['name'] for info in sampled_infos])

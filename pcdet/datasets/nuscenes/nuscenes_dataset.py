@@ -125,44 +125,62 @@ def balanced_infos_resampling(infos, class_names, logger=None):
 class NuScenesDataset(DatasetTemplate):
     """nuScenes LiDAR detection dataset on OpenPCDet infos (see module docs for the sample contract)."""
 
+    CONFIG_SCHEMA = DatasetTemplate.CONFIG_SCHEMA.extend('DATA_CONFIG (NuScenesDataset)', {
+        'VERSION': None,                    # needed to build the dataset
+        # nuScenes boxes carry velocities: keep them (9-dim targets and predictions) unless switched off. This
+        # default also serves DatasetTemplate.generate_prediction_dicts (whose generic default is False).
+        'PRED_VELOCITY': True,
+        'SET_NAN_VELOCITY_TO_ZEROS': False,
+        'FILTER_MIN_POINTS_IN_GT': False,   # or N: keep boxes with >= N LiDAR points
+        'BALANCED_RESAMPLING': False,
+        'EVAL_SET': None,
+    })
+
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):
-        data_path = Path(root_path) if root_path is not None else resolve_data_path(dataset_cfg.DATA_PATH)
+        schema = self.CONFIG_SCHEMA
+        data_path = Path(root_path) if root_path is not None else \
+            resolve_data_path(schema.need(dataset_cfg, 'DATA_PATH', 'to build the dataset'))
         super().__init__(dataset_cfg=dataset_cfg, class_names=class_names, training=training,
-                         root_path=data_path / dataset_cfg.VERSION, logger=logger)
+                         root_path=data_path / schema.need(dataset_cfg, 'VERSION', 'to build the dataset'),
+                         logger=logger)
         self.nonfinite_points = nonfinite_points_policy(dataset_cfg)
         self.infos = self.include_nuscenes_data(self.mode)
         check_has_samples(self.infos, self._info_source(self.mode), self.mode,
                           f'check the info files or recreate them with: {self._create_hint()}')
-        if self.training and self.dataset_cfg.get('BALANCED_RESAMPLING', False):
+        if self.training and schema.get(dataset_cfg, 'BALANCED_RESAMPLING'):
             self.infos = balanced_infos_resampling(self.infos, self.class_names, self._log)
         self.teacher_feature_root = None
         if self.teacher_cfg:
             self.teacher_feature_root = feature_store.feature_root(self.root_path, self.teacher_cfg)
             feature_store.check_manifest(self.teacher_feature_root, self.teacher_cfg, 'NuScenesDataset',
-                                         min_sweeps=self.dataset_cfg.MAX_SWEEPS - 1)
+                                         min_sweeps=schema.get(dataset_cfg, 'MAX_SWEEPS') - 1)
 
     @property
     def _log(self):
         return self.logger or logging.getLogger(__name__)
 
+    def _cfg(self, key):
+        """DATA_CONFIG[key], else its declared default (CONFIG_SCHEMA)."""
+        return self.CONFIG_SCHEMA.get(self.dataset_cfg, key)
+
     def _create_hint(self):
-        return CREATE_INFOS_COMMAND.format(version=self.dataset_cfg.VERSION, data_path=self.root_path.parent)
+        return CREATE_INFOS_COMMAND.format(version=self._cfg('VERSION'), data_path=self.root_path.parent)
 
     def _info_source(self, mode):
-        return f'DATA_CONFIG.INFO_PATH.{mode} {[str(self.root_path / p) for p in self.dataset_cfg.INFO_PATH[mode]]}'
+        return f'DATA_CONFIG.INFO_PATH.{mode} {[str(self.root_path / p) for p in self._cfg("INFO_PATH")[mode]]}'
 
     def load_split_infos(self, mode):
         """Concatenated, validated infos of INFO_PATH[mode] (paths relative to root_path)."""
         if not self.root_path.is_dir():
             raise FileNotFoundError(
                 f'nuScenes dataset root {self.root_path} (DATA_PATH/VERSION) does not exist; expected samples/, '
-                f'sweeps/, {self.dataset_cfg.VERSION}/ and the info files there. Create the infos with: '
+                f'sweeps/, {self._cfg("VERSION")}/ and the info files there. Create the infos with: '
                 f'{self._create_hint()}, or run python -m pcdet.datasets.synthetic.nuscenes --root {self.root_path} '
-                f'--version {self.dataset_cfg.VERSION} ... to create a synthetic dataset')
+                f'--version {self._cfg("VERSION")} ... to create a synthetic dataset')
         require_gt = mode == 'train' and bool(self.class_names)
-        min_sweeps = self.dataset_cfg.get('MAX_SWEEPS', 1) - 1
+        min_sweeps = self._cfg('MAX_SWEEPS') - 1
         infos = []
-        for info_path in self.dataset_cfg.INFO_PATH[mode]:
+        for info_path in self._cfg('INFO_PATH')[mode]:
             file_infos = load_infos(self.root_path / info_path, require_gt, min_sweeps, self._create_hint())
             # sweeps are drawn at random per epoch: a missing one must fail now, not epochs later (MAX_SWEEPS 1
             # never reads a sweep)
@@ -177,7 +195,7 @@ class NuScenesDataset(DatasetTemplate):
         10%-of-the-labels fine-tune)."""
         infos = self.load_split_infos(mode)
         self._log.info(f'Total samples for NuScenes dataset ({mode}): {len(infos)}')
-        interval = int((self.dataset_cfg.get('SAMPLED_INTERVAL', None) or {}).get(mode, 1))
+        interval = int((self._cfg('SAMPLED_INTERVAL') or {}).get(mode, 1))
         if interval < 1:
             raise ValueError(f'DATA_CONFIG.SAMPLED_INTERVAL.{mode} must be >= 1, got {interval}')
         if interval > 1:
@@ -233,21 +251,21 @@ class NuScenesDataset(DatasetTemplate):
             index = index % len(self.infos)
         info = copy.deepcopy(self.infos[index])
         input_dict = {
-            'points': self.get_lidar_with_sweeps(index, max_sweeps=self.dataset_cfg.MAX_SWEEPS),
+            'points': self.get_lidar_with_sweeps(index, max_sweeps=self._cfg('MAX_SWEEPS')),
             'frame_id': Path(info['lidar_path']).stem,
             'metadata': {'token': info['token']},
         }
         if 'gt_boxes' in info and self.class_names:
             mask = None
-            if self.dataset_cfg.get('FILTER_MIN_POINTS_IN_GT', False):
-                mask = info['num_lidar_pts'] > self.dataset_cfg.FILTER_MIN_POINTS_IN_GT - 1
+            if self._cfg('FILTER_MIN_POINTS_IN_GT'):
+                mask = info['num_lidar_pts'] > self._cfg('FILTER_MIN_POINTS_IN_GT') - 1
             input_dict['gt_names'] = info['gt_names'] if mask is None else info['gt_names'][mask]
             input_dict['gt_boxes'] = info['gt_boxes'] if mask is None else info['gt_boxes'][mask]
         data_dict = self.prepare_data(data_dict=input_dict)
         if 'gt_boxes' in data_dict:
-            if self.dataset_cfg.get('SET_NAN_VELOCITY_TO_ZEROS', False):
+            if self._cfg('SET_NAN_VELOCITY_TO_ZEROS'):
                 data_dict['gt_boxes'][np.isnan(data_dict['gt_boxes'])] = 0
-            if not self.dataset_cfg.get('PRED_VELOCITY', True):
+            if not self._cfg('PRED_VELOCITY'):
                 data_dict['gt_boxes'] = data_dict['gt_boxes'][:, [0, 1, 2, 3, 4, 5, 6, -1]]
         return data_dict
 
@@ -256,8 +274,8 @@ class NuScenesDataset(DatasetTemplate):
         the version's val split), eval_metric (ignored). Returns (result_str, result_dict)."""
         from .nuscenes_eval import evaluate_nuscenes
         output_path = kwargs.get('output_path') or tempfile.mkdtemp(prefix='nuscenes_eval_')
-        nusc = load_nusc(self.root_path, self.dataset_cfg.VERSION, verbose=False)
-        eval_set = kwargs.get('eval_set') or self.dataset_cfg.get('EVAL_SET')
+        nusc = load_nusc(self.root_path, self._cfg('VERSION'), verbose=False)
+        eval_set = kwargs.get('eval_set') or self._cfg('EVAL_SET')
         return evaluate_nuscenes(det_annos, class_names, nusc, output_path, eval_set=eval_set, logger=self._log)
 
     def create_groundtruth_database(self, used_classes=None, max_sweeps=10):
@@ -273,7 +291,7 @@ def create_nuscenes_infos(dataset_cfg, version, data_path, train_split=None, val
     from .gt_database import create_groundtruth_database
     from .nuscenes_utils import create_nuscenes_info
     dataroot = Path(data_path) / version
-    max_sweeps = dataset_cfg.MAX_SWEEPS
+    max_sweeps = NuScenesDataset.CONFIG_SCHEMA.get(dataset_cfg, 'MAX_SWEEPS')
     nonfinite = nonfinite_points_policy(dataset_cfg)  # a bad value fails before the long info pass
     info_paths = create_nuscenes_info(version, dataroot, dataroot, max_sweeps, train_split, val_split, logger)
     if 'train' in info_paths:
@@ -310,8 +328,10 @@ def main(argv=None):
     if args.with_cam:
         raise SystemExit('--with_cam is not supported: pcdet builds LiDAR-only nuScenes infos')
     dataset_cfg = validate_config(cfg_from_yaml_file(resolve_cfg_file(args.cfg_file)), source=args.cfg_file)
-    version = args.version or dataset_cfg.VERSION
-    data_path = Path(args.data_path) if args.data_path else resolve_data_path(dataset_cfg.DATA_PATH)
+    schema = NuScenesDataset.CONFIG_SCHEMA
+    version = args.version or schema.need(dataset_cfg, 'VERSION', 'or --version to create the infos')
+    data_path = Path(args.data_path) if args.data_path else \
+        resolve_data_path(schema.need(dataset_cfg, 'DATA_PATH', 'or --data_path to create the infos'))
     dataset_cfg.VERSION = version
     create_nuscenes_infos(dataset_cfg, version, data_path, args.train_split, args.val_split, create_logger())
 

@@ -27,11 +27,28 @@ from functools import partial
 import numpy as np
 
 from ...config import ConfigError, require_keys
+from ...config_schema import REQUIRED, Schema, check_block
 from ...utils import box_utils
 from .voxelization import compute_grid_size, fractional_grid_size, grid_size_is_integer, hard_voxelize
 
 SECTION = 'DATA_CONFIG.DATA_PROCESSOR'
 _log = logging.getLogger(__name__)
+
+# The keys of each DATA_PROCESSOR entry, by NAME: the builders below read them through these schemas, and the config
+# validator (DatasetTemplate.CONFIG_SCHEMA) checks entries against the same objects.
+ENTRY_SCHEMA = Schema('DATA_PROCESSOR entry', {'NAME': REQUIRED})
+_VOXEL_SIZE = {'NAME': REQUIRED, 'VOXEL_SIZE': REQUIRED}
+PROCESSOR_SCHEMAS = {
+    'mask_points_and_boxes_outside_range': Schema('DATA_PROCESSOR mask_points_and_boxes_outside_range', {
+        'NAME': REQUIRED, 'REMOVE_OUTSIDE_BOXES': False, 'MASK_Z': False, 'min_num_corners': 1,
+        'USE_CENTER_TO_FILTER': True}),
+    'shuffle_points': Schema('DATA_PROCESSOR shuffle_points', {'NAME': REQUIRED, 'SHUFFLE_ENABLED': REQUIRED}),
+    'transform_points_to_voxels': Schema('DATA_PROCESSOR transform_points_to_voxels', {
+        **_VOXEL_SIZE, 'MAX_POINTS_PER_VOXEL': REQUIRED, 'MAX_NUMBER_OF_VOXELS': REQUIRED, 'DOUBLE_FLIP': False}),
+    'transform_points_to_voxels_placeholder': Schema('DATA_PROCESSOR transform_points_to_voxels_placeholder',
+                                                     _VOXEL_SIZE),
+    'calculate_grid_size': Schema('DATA_PROCESSOR calculate_grid_size', {**_VOXEL_SIZE, 'DOWNSAMPLE_FACTOR': None}),
+}
 
 
 def warn_if_grid_not_integer(point_cloud_range, voxel_size, section):
@@ -59,8 +76,7 @@ def points_in_range_mask(points, point_cloud_range, use_z=False):
 
 
 class DataProcessor:
-    PROCESSORS = ('mask_points_and_boxes_outside_range', 'shuffle_points', 'transform_points_to_voxels',
-                  'transform_points_to_voxels_placeholder', 'calculate_grid_size')
+    PROCESSORS = tuple(PROCESSOR_SCHEMAS)
 
     def __init__(self, processor_configs, point_cloud_range, training, num_point_features):
         self.point_cloud_range = np.asarray(point_cloud_range, dtype=np.float32)
@@ -71,11 +87,12 @@ class DataProcessor:
         self.voxel_size = None
         self.data_processor_queue = []
         for index, config in enumerate(processor_configs or []):
-            require_keys(config, ['NAME'], f'{SECTION}[{index}]')
-            if config.NAME not in self.PROCESSORS:
-                raise ConfigError(f'{SECTION}[{index}].NAME: unknown processor {config.NAME!r}; '
+            name = ENTRY_SCHEMA.get(config, 'NAME')
+            if name not in self.PROCESSORS:
+                raise ConfigError(f'{SECTION}[{index}].NAME: unknown processor {name!r}; '
                                   f'known: {list(self.PROCESSORS)}')
-            step = getattr(self, config.NAME)(config, f'{SECTION}[{config.NAME}]')
+            check_block(config, PROCESSOR_SCHEMAS[name], f'{SECTION}[{name}]')  # entries named as in the builders
+            step = getattr(self, name)(config, f'{SECTION}[{name}]')
             self.data_processor_queue.append(step)
 
     def forward(self, data_dict):
@@ -86,22 +103,24 @@ class DataProcessor:
     # ---- builders: validate the config once and bind it to a module-level step (picklable for spawned workers) --
 
     def mask_points_and_boxes_outside_range(self, config, section):
+        schema = PROCESSOR_SCHEMAS['mask_points_and_boxes_outside_range']
         return partial(mask_points_and_boxes_step, point_cloud_range=self.point_cloud_range,
-                       use_z=config.get('MASK_Z', False),
-                       filter_boxes=self.training and config.get('REMOVE_OUTSIDE_BOXES', False),
-                       min_num_corners=config.get('min_num_corners', 1),
-                       use_center_to_filter=config.get('USE_CENTER_TO_FILTER', True))
+                       use_z=schema.get(config, 'MASK_Z'),
+                       filter_boxes=self.training and schema.get(config, 'REMOVE_OUTSIDE_BOXES'),
+                       min_num_corners=schema.get(config, 'min_num_corners'),
+                       use_center_to_filter=schema.get(config, 'USE_CENTER_TO_FILTER'))
 
     def shuffle_points(self, config, section):
-        require_keys(config, ['SHUFFLE_ENABLED'], section)
-        require_keys(config.SHUFFLE_ENABLED, [self.mode], f'{section}.SHUFFLE_ENABLED')
-        return partial(shuffle_points_step, enabled=bool(config.SHUFFLE_ENABLED[self.mode]))
+        enabled = PROCESSOR_SCHEMAS['shuffle_points'].get(config, 'SHUFFLE_ENABLED')
+        require_keys(enabled, [self.mode], f'{section}.SHUFFLE_ENABLED')  # a {train, test} value, not a block
+        return partial(shuffle_points_step, enabled=bool(enabled[self.mode]))
 
     def _set_voxel_grid(self, config, section):
-        require_keys(config, ['VOXEL_SIZE'], section)
-        if len(config.VOXEL_SIZE) != 3:
-            raise ConfigError(f'{section}.VOXEL_SIZE must have 3 values (x, y, z), got {config.VOXEL_SIZE}')
-        self.voxel_size = [float(v) for v in config.VOXEL_SIZE]
+        # every voxel-grid processor declares VOXEL_SIZE through _VOXEL_SIZE; the placeholder's schema is just that
+        voxel_size = PROCESSOR_SCHEMAS['transform_points_to_voxels_placeholder'].get(config, 'VOXEL_SIZE')
+        if len(voxel_size) != 3:
+            raise ConfigError(f'{section}.VOXEL_SIZE must have 3 values (x, y, z), got {voxel_size}')
+        self.voxel_size = [float(v) for v in voxel_size]
         self.grid_size = compute_grid_size(self.point_cloud_range, self.voxel_size)
         warn_if_grid_not_integer(self.point_cloud_range, self.voxel_size, section)
 
@@ -113,14 +132,15 @@ class DataProcessor:
 
     def transform_points_to_voxels(self, config, section):
         self._set_voxel_grid(config, section)
-        require_keys(config, ['MAX_POINTS_PER_VOXEL', 'MAX_NUMBER_OF_VOXELS'], section)
-        require_keys(config.MAX_NUMBER_OF_VOXELS, [self.mode], f'{section}.MAX_NUMBER_OF_VOXELS')
-        if config.get('DOUBLE_FLIP', False):
+        schema = PROCESSOR_SCHEMAS['transform_points_to_voxels']
+        max_voxels = schema.get(config, 'MAX_NUMBER_OF_VOXELS')
+        require_keys(max_voxels, [self.mode], f'{section}.MAX_NUMBER_OF_VOXELS')  # a {train, test} value
+        if schema.get(config, 'DOUBLE_FLIP'):
             raise ConfigError(f'{section}.DOUBLE_FLIP (test-time flip augmentation) is not supported')
         return partial(transform_points_to_voxels_step, point_cloud_range=self.point_cloud_range,
                        voxel_size=self.voxel_size, grid_size=self.grid_size,
-                       max_points_per_voxel=int(config.MAX_POINTS_PER_VOXEL),
-                       max_voxels=int(config.MAX_NUMBER_OF_VOXELS[self.mode]))
+                       max_points_per_voxel=int(schema.get(config, 'MAX_POINTS_PER_VOXEL')),
+                       max_voxels=int(max_voxels[self.mode]))
 
 
 # ---- per-sample steps ----------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ data_dict keys
 """
 import numpy as np
 
-from ...config import ConfigError, require_keys
+from ...config import ConfigError
+from ...config_schema import REQUIRED, Schema, check_block
 
 SECTION = 'DATA_CONFIG.POINT_FEATURE_ENCODING'
 XYZ = ('x', 'y', 'z')
@@ -25,15 +26,21 @@ XYZ = ('x', 'y', 'z')
 
 class PointFeatureEncoder:
     ENCODING_TYPES = ('absolute_coordinates_encoding',)
+    CONFIG_SCHEMA = Schema(SECTION, {
+        'encoding_type': REQUIRED, 'src_feature_list': REQUIRED, 'used_feature_list': REQUIRED,
+        'filter_sweeps': False,
+        'max_sweeps': None,     # with filter_sweeps: keep the points of the newest max_sweeps time lags
+    }, required=True)
 
     def __init__(self, config, point_cloud_range=None, num_carried_columns=0):
-        require_keys(config, ['encoding_type', 'src_feature_list', 'used_feature_list'], SECTION)
-        if config.encoding_type not in self.ENCODING_TYPES:
-            raise ConfigError(f'{SECTION}.encoding_type: unknown {config.encoding_type!r}, '
+        check_block(config, self.CONFIG_SCHEMA, SECTION)
+        encoding_type = self.CONFIG_SCHEMA.get(config, 'encoding_type')
+        if encoding_type not in self.ENCODING_TYPES:
+            raise ConfigError(f'{SECTION}.encoding_type: unknown {encoding_type!r}, '
                               f'known: {list(self.ENCODING_TYPES)}')
         self.point_encoding_config = config
-        self.src_feature_list = list(config.src_feature_list)
-        self.used_feature_list = list(config.used_feature_list)
+        self.src_feature_list = list(self.CONFIG_SCHEMA.get(config, 'src_feature_list'))
+        self.used_feature_list = list(self.CONFIG_SCHEMA.get(config, 'used_feature_list'))
         self.point_cloud_range = point_cloud_range
         self.num_carried_columns = int(num_carried_columns)
         if self.num_carried_columns < 0:
@@ -62,7 +69,7 @@ class PointFeatureEncoder:
             raise ValueError(
                 f'points have {points.shape[-1] if points.ndim == 2 else points.shape} columns but '
                 f'{SECTION}.src_feature_list expects {len(self.src_feature_list)}: {self.src_feature_list}{carried}')
-        if self.point_encoding_config.get('filter_sweeps', False) and 'timestamp' in self.src_feature_list:
+        if self.CONFIG_SCHEMA.get(self.point_encoding_config, 'filter_sweeps') and 'timestamp' in self.src_feature_list:
             points = self._filter_sweeps(points)
         columns = self._used_columns + list(range(len(self.src_feature_list), expected))
         # every column kept in order (e.g. all features used + teacher columns): skip a copy of the whole cloud
@@ -78,7 +85,10 @@ class PointFeatureEncoder:
         return encoded['points'], encoded['use_lead_xyz']
 
     def _filter_sweeps(self, points):
-        max_sweeps = int(self.point_encoding_config.max_sweeps)
+        max_sweeps = self.CONFIG_SCHEMA.get(self.point_encoding_config, 'max_sweeps')
+        if max_sweeps is None:
+            raise ConfigError(f'{SECTION}.filter_sweeps needs {SECTION}.max_sweeps (the number of sweeps to keep)')
+        max_sweeps = int(max_sweeps)
         time_lag = np.round(points[:, self.src_feature_list.index('timestamp')], 2)
         distinct = np.unique(time_lag)
         if len(distinct) == 0:

@@ -10,7 +10,9 @@ prepare (the `python -m pcdet.datasets.teachers.prepare` CLI, also `tools/prepar
 """
 import importlib
 
-from ...config import ConfigError, require_keys
+from ...config import ConfigError
+from ...config_schema import schema_of
+from .base import TEACHER_FEATURES_SCHEMA
 
 KNOWN_TEACHERS = {
     'synthetic_semantic': 'pcdet.datasets.teachers.synthetic_semantic:SyntheticSemanticTeacher',
@@ -27,10 +29,14 @@ def teacher_class(name):
     return getattr(importlib.import_module(module_name), attr)  # lazy: seal_minkunet imports torch and friends
 
 
+def teacher_schema(name):
+    """CONFIG_SCHEMA of the teacher registered as `name` (`TEACHER_FEATURES` is validated by its NAME)."""
+    return schema_of(teacher_class(name))
+
+
 def build_teacher(teacher_cfg):
     """Teacher instance for `teacher_cfg` (needs NAME; the other keys are the teacher's own, e.g. NUM_FEATURES)."""
-    require_keys(teacher_cfg, ['NAME'], 'DATA_CONFIG.TEACHER_FEATURES')
-    return teacher_class(teacher_cfg['NAME'])(teacher_cfg)
+    return teacher_class(TEACHER_FEATURES_SCHEMA.get(teacher_cfg, 'NAME'))(teacher_cfg)
 
 
-__all__ = ['KNOWN_TEACHERS', 'build_teacher', 'teacher_class']
+__all__ = ['KNOWN_TEACHERS', 'TEACHER_FEATURES_SCHEMA', 'build_teacher', 'teacher_class', 'teacher_schema']

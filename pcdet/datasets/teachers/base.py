@@ -20,10 +20,22 @@ Call:
 """
 import numpy as np
 
+from ...config_schema import REQUIRED, Schema
+
+# The keys of `DATA_CONFIG.TEACHER_FEATURES` every teacher has: the dataset and the feature store read these (through
+# this schema), each teacher class extends it with its own keys (its CONFIG_SCHEMA, picked by NAME when validating).
+TEACHER_FEATURES_SCHEMA = Schema('DATA_CONFIG.TEACHER_FEATURES', {
+    'NAME': REQUIRED,                   # synthetic_semantic | seal_minkunet
+    'NUM_FEATURES': REQUIRED,           # the dataset needs the width before any file is read
+    'ENABLED': True,
+    'FEATURE_DIR': None,                # relative to the dataset root; None: teacher_features/<NAME>
+})
+
 
 class Teacher:
     """Documented base class of the protocol above; subclasses set the three attributes and implement `__call__`."""
 
+    CONFIG_SCHEMA = TEACHER_FEATURES_SCHEMA
     name = 'teacher'
     num_features = 0
     needs_point_labels = False

@@ -54,10 +54,12 @@ class NuScenesFrames:
     dataset = 'NuScenesDataset'
 
     def __init__(self, dataset_cfg, num_sweeps=None):
+        from ..nuscenes.nuscenes_dataset import NuScenesDataset
         self.dataset_cfg = dataset_cfg
-        self.root = resolve_data_path(dataset_cfg.DATA_PATH) / dataset_cfg.VERSION
-        self.version = dataset_cfg.VERSION
-        self.num_sweeps = int(dataset_cfg.get('MAX_SWEEPS', 1)) - 1 if num_sweeps is None else int(num_sweeps)
+        self.schema = schema = NuScenesDataset.CONFIG_SCHEMA  # the keys and defaults the dataset reads
+        self.version = schema.need(dataset_cfg, 'VERSION', 'to find the nuScenes files')
+        self.root = resolve_data_path(schema.need(dataset_cfg, 'DATA_PATH', 'to find the dataset')) / self.version
+        self.num_sweeps = int(schema.get(dataset_cfg, 'MAX_SWEEPS')) - 1 if num_sweeps is None else int(num_sweeps)
         if self.num_sweeps < 0:
             raise ConfigError(f'--num_sweeps must be >= 0, got {self.num_sweeps}')
         self.key_frame_tokens = None
@@ -66,7 +68,7 @@ class NuScenesFrames:
         from ..nuscenes.nuscenes_dataset import CREATE_INFOS_COMMAND, load_infos
         hint = CREATE_INFOS_COMMAND.format(version=self.version, data_path=self.root.parent)
         infos = []
-        for info_path in self.dataset_cfg.INFO_PATH[mode]:
+        for info_path in self.schema.get(self.dataset_cfg, 'INFO_PATH')[mode]:
             infos += load_infos(self.root / info_path, min_sweeps=self.num_sweeps, create_hint=hint)
         return [(Path(info['lidar_path']).stem, info) for info in infos]
 
@@ -122,17 +124,19 @@ class WaymoFrames:
     def __init__(self, dataset_cfg, num_sweeps=None):
         if num_sweeps:
             raise ConfigError('--num_sweeps: Waymo frames have no sweeps (one part per frame)')
+        from ..waymo.waymo_dataset import WaymoDataset
         self.dataset_cfg = dataset_cfg
-        self.root = resolve_data_path(dataset_cfg.DATA_PATH)
-        self.processed_path = self.root / dataset_cfg.PROCESSED_DATA_TAG
+        self.schema = schema = WaymoDataset.CONFIG_SCHEMA  # the keys and defaults the dataset reads
+        self.root = resolve_data_path(schema.need(dataset_cfg, 'DATA_PATH', 'to find the dataset'))
+        self.processed_path = self.root / schema.need(dataset_cfg, 'PROCESSED_DATA_TAG', 'to find the point files')
         self.num_sweeps = 0
 
     def frames(self, mode):
         from ..waymo.waymo_dataset import iter_split_infos
         from ..waymo.waymo_utils import read_image_set
-        listed = read_image_set(self.root, self.dataset_cfg.DATA_SPLIT[mode])
+        listed = read_image_set(self.root, self.schema.need(self.dataset_cfg, 'DATA_SPLIT', 'to list the frames')[mode])
         infos = list(iter_split_infos(self.processed_path, listed))
-        interval = int(self.dataset_cfg.get('SAMPLED_INTERVAL', {}).get(mode, 1))
+        interval = int((self.schema.get(self.dataset_cfg, 'SAMPLED_INTERVAL') or {}).get(mode, 1))
         return [(info['frame_id'], info) for info in infos[::max(interval, 1)]]
 
     def prepare_labels(self):
@@ -151,7 +155,8 @@ ADAPTERS = {'NuScenesDataset': NuScenesFrames, 'WaymoDataset': WaymoFrames}
 
 def frame_adapter(dataset_cfg, num_sweeps=None):
     """The adapter of DATA_CONFIG.DATASET; unknown datasets raise ConfigError listing the supported ones."""
-    name = dataset_cfg.get('DATASET')
+    from ..dataset import DatasetTemplate
+    name = DatasetTemplate.CONFIG_SCHEMA.get(dataset_cfg, 'DATASET')
     if name not in ADAPTERS:
         raise ConfigError(f'DATA_CONFIG.DATASET {name!r}: teacher features can be prepared for {sorted(ADAPTERS)}')
     return ADAPTERS[name](dataset_cfg, num_sweeps)

@@ -353,31 +353,35 @@ class SealMinkUNetTeacher(Teacher):
     """
     name = 'seal_minkunet'
     needs_point_labels = False
+    CONFIG_SCHEMA = Teacher.CONFIG_SCHEMA.extend('DATA_CONFIG.TEACHER_FEATURES (seal_minkunet)', {
+        'CHECKPOINT': None,             # needed unless the model is passed in (from_model)
+        'BACKEND': 'torch', 'DEVICE': 'cpu', 'WEIGHTS_ONLY': True,
+        'INTENSITY_COLUMN': 3, 'INTENSITY_SCALE': 1.0, 'VOXEL_SIZE': [0.2, 0.2, 0.2]})
 
     def __init__(self, teacher_cfg, model=None):
-        cfg = teacher_cfg
-        backend = cfg.get('BACKEND', 'torch')
+        cfg, schema = teacher_cfg, self.CONFIG_SCHEMA
+        backend = schema.get(cfg, 'BACKEND')
         if backend == 'spconv':
             raise NotImplementedError('Seal MinkUNet teacher: BACKEND spconv is not implemented; the pure-PyTorch '
                                       'path (BACKEND: torch) is the reference')
         if backend != 'torch':
             raise ConfigError(f"teacher config BACKEND must be 'torch' (or 'spconv', not implemented), got {backend!r}")
-        self.num_features = int(cfg.get('NUM_FEATURES', 64))
-        self.voxel_size = [float(v) for v in cfg.get('VOXEL_SIZE', [0.2, 0.2, 0.2])]
+        self.num_features = int(schema.get(cfg, 'NUM_FEATURES'))
+        self.voxel_size = [float(v) for v in schema.get(cfg, 'VOXEL_SIZE')]
         if len(self.voxel_size) != 3 or min(self.voxel_size) <= 0:
             raise ConfigError(f'teacher config VOXEL_SIZE must be 3 positive floats, got {self.voxel_size}')
-        self.intensity_column = int(cfg.get('INTENSITY_COLUMN', 3))
-        self.intensity_scale = float(cfg.get('INTENSITY_SCALE', 1.0))
-        self.device = torch.device(cfg.get('DEVICE', 'cpu'))
+        self.intensity_column = int(schema.get(cfg, 'INTENSITY_COLUMN'))
+        self.intensity_scale = float(schema.get(cfg, 'INTENSITY_SCALE'))
+        self.device = torch.device(schema.get(cfg, 'DEVICE'))
         self.load_report = None
         if model is None:
-            checkpoint = cfg.get('CHECKPOINT')
+            checkpoint = schema.get(cfg, 'CHECKPOINT')
             if not checkpoint:
                 raise ConfigError('teacher config CHECKPOINT (path of the Seal MinkUNet ME checkpoint) is required')
             if not Path(checkpoint).is_file():
                 raise FileNotFoundError(f'teacher config CHECKPOINT: file not found: {checkpoint}')
             model = Res16UNet34C(in_channels=1, out_channels=self.num_features)
-            self.load_report = load_me_checkpoint(model, checkpoint, weights_only=bool(cfg.get('WEIGHTS_ONLY', True)))
+            self.load_report = load_me_checkpoint(model, checkpoint, weights_only=bool(schema.get(cfg, 'WEIGHTS_ONLY')))
         if getattr(model, 'out_channels', self.num_features) != self.num_features:
             raise ConfigError(f'teacher config NUM_FEATURES {self.num_features} != model output channels '
                              f'{model.out_channels}')

@@ -14,8 +14,9 @@ the expected LENGTH of the noise vector, not the per-component std. With a per-c
 length 0.4 and two points of one label only ~0.86 cosine similarity; with this scaling the expected same-label cosine
 is ~1 / (1 + NOISE_STD^2) (0.9975 at 0.05) whatever NUM_FEATURES is, and different labels are ~orthogonal.
 
-Config (`DATA_CONFIG.TEACHER_FEATURES`): NAME synthetic_semantic, NUM_FEATURES (64), SEED (0), NOISE_STD (0.05),
-NUM_LABELS (32 = the raw nuScenes-lidarseg label count; a label outside [0, NUM_LABELS) is an error naming it).
+Config (`DATA_CONFIG.TEACHER_FEATURES`, defaults in `SyntheticSemanticTeacher.CONFIG_SCHEMA`): NAME
+synthetic_semantic, NUM_FEATURES (required), SEED, NOISE_STD, NUM_LABELS (default 32 = the raw nuScenes-lidarseg
+label count; a label outside [0, NUM_LABELS) is an error naming it).
 """
 import numpy as np
 
@@ -77,13 +78,15 @@ class SyntheticSemanticTeacher(Teacher):
     name = 'synthetic_semantic'
     needs_point_labels = True
     SECTION = 'DATA_CONFIG.TEACHER_FEATURES'
+    CONFIG_SCHEMA = Teacher.CONFIG_SCHEMA.extend('DATA_CONFIG.TEACHER_FEATURES (synthetic_semantic)', {
+        'SEED': 0, 'NOISE_STD': 0.05, 'NUM_LABELS': 32})
 
     def __init__(self, teacher_cfg):
-        teacher_cfg = teacher_cfg or {}
-        self.num_features = int(teacher_cfg.get('NUM_FEATURES', 64))
-        self.seed = int(teacher_cfg.get('SEED', 0))
-        self.noise_std = float(teacher_cfg.get('NOISE_STD', 0.05))
-        self.num_labels = int(teacher_cfg.get('NUM_LABELS', 32))
+        schema = self.CONFIG_SCHEMA
+        self.num_features = int(schema.get(teacher_cfg, 'NUM_FEATURES'))
+        self.seed = int(schema.get(teacher_cfg, 'SEED'))
+        self.noise_std = float(schema.get(teacher_cfg, 'NOISE_STD'))
+        self.num_labels = int(schema.get(teacher_cfg, 'NUM_LABELS'))
         if self.num_features < 1 or self.num_labels < 1:
             raise ConfigError(f'{self.SECTION}: NUM_FEATURES ({self.num_features}) and NUM_LABELS '
                               f'({self.num_labels}) must be >= 1')

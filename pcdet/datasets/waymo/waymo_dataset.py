@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config import ConfigError
+from ...config_schema import Ignored, Schema
 from ...utils.file_utils import atomic_pickle_dump
 from ...utils.point_io import nonfinite_points_policy
 from ..dataset import DatasetTemplate, check_has_samples
@@ -54,6 +55,7 @@ from . import waymo_utils
 from .waymo_utils import (  # noqa: F401 (re-exported)
     CREATE_INFOS_COMMAND,
     INFO_SCHEMA,
+    POINTS_TANH_SCHEMA,
     MissingSequenceError,
     WaymoPointFileError,
     candidate_sequence_names,
@@ -67,7 +69,7 @@ from .waymo_utils import (  # noqa: F401 (re-exported)
 def point_transform_of(dataset_cfg):
     """{'points_tanh_dim', 'nlz_points_kept'} of a dataset config (what `get_lidar` does to the stored points)."""
     return {'points_tanh_dim': points_tanh_dims(dataset_cfg),
-            'nlz_points_kept': bool(dataset_cfg.get('DISABLE_NLZ_FLAG_ON_POINTS', False))}
+            'nlz_points_kept': bool(WaymoDataset.CONFIG_SCHEMA.get(dataset_cfg, 'DISABLE_NLZ_FLAG_ON_POINTS'))}
 
 
 def find_sequence_pkl(data_path, listed_name):
@@ -87,23 +89,41 @@ def iter_split_infos(data_path, listed_names, require_gt=False):
             yield from load_sequence_infos(pkl_path, require_gt)
 
 
+SEQUENCE_CONFIG_SCHEMA = Schema('DATA_CONFIG.SEQUENCE_CONFIG', {
+    'ENABLED': False,                   # True (multi-frame) is refused
+    'SAMPLE_OFFSET': Ignored('multi-frame Waymo is not supported'),
+})
+
+
 class WaymoDataset(DatasetTemplate):
     """Waymo Open Dataset LiDAR detection on OpenPCDet infos (see the module doc for the sample contract)."""
 
+    CONFIG_SCHEMA = DatasetTemplate.CONFIG_SCHEMA.extend('DATA_CONFIG (WaymoDataset)', {
+        'PROCESSED_DATA_TAG': None,         # needed to build the dataset
+        'DISABLE_NLZ_FLAG_ON_POINTS': False,
+        'FILTER_EMPTY_BOXES_FOR_TRAIN': False,
+        'SEQUENCE_CONFIG': SEQUENCE_CONFIG_SCHEMA,
+        'STRICT_SEQUENCE_LIST': False,
+        **POINTS_TANH_SCHEMA.keys,          # read by waymo_utils.points_tanh_dims
+        'USE_SHARED_MEMORY': False,         # read only to say that it is ignored
+        'SHARED_MEMORY_FILE_LIMIT': Ignored('OpenPCDet shared-memory loading; pcdet reads points from disk'),
+    })
+
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):
-        root = Path(root_path) if root_path is not None else resolve_data_path(dataset_cfg.DATA_PATH)
+        schema = self.CONFIG_SCHEMA
+        root = Path(root_path) if root_path is not None else \
+            resolve_data_path(schema.need(dataset_cfg, 'DATA_PATH', 'to build the dataset'))
         super().__init__(dataset_cfg=dataset_cfg, class_names=class_names, training=training, root_path=root,
                          logger=logger)
-        sequence_cfg = dataset_cfg.get('SEQUENCE_CONFIG') or {}
-        if sequence_cfg.get('ENABLED', False):
+        if SEQUENCE_CONFIG_SCHEMA.get(schema.get(dataset_cfg, 'SEQUENCE_CONFIG'), 'ENABLED'):
             raise ConfigError('DATA_CONFIG.SEQUENCE_CONFIG.ENABLED: multi-frame Waymo (previous frames merged into '
                               'the sample) is not supported by pcdet yet; set it to False')
-        self.data_path = self.root_path / dataset_cfg.PROCESSED_DATA_TAG
+        self.data_path = self.root_path / schema.need(dataset_cfg, 'PROCESSED_DATA_TAG', 'to build the dataset')
         self.point_transform = point_transform_of(dataset_cfg)
         self.nonfinite_points = nonfinite_points_policy(dataset_cfg)
-        if dataset_cfg.get('USE_SHARED_MEMORY', False):
+        if schema.get(dataset_cfg, 'USE_SHARED_MEMORY'):
             self._log.info('USE_SHARED_MEMORY is ignored: point files are read through the page cache')
-        self.split = dataset_cfg.DATA_SPLIT[self.mode]
+        self.split = schema.need(dataset_cfg, 'DATA_SPLIT', 'to build the dataset')[self.mode]
         self.infos, self.seq_name_to_infos = [], {}
         self.include_waymo_data(self.mode)
         self._check_gt_database()
@@ -146,13 +166,13 @@ class WaymoDataset(DatasetTemplate):
         if missing:
             message = (f'{len(missing)} of {len(listed)} sequences of {image_set} have no converted infos under '
                        f'{self.data_path} (e.g. {missing[:3]}); run: {self._create_hint()}')
-            if self.dataset_cfg.get('STRICT_SEQUENCE_LIST', False) or len(missing) == len(listed):
+            if self.CONFIG_SCHEMA.get(self.dataset_cfg, 'STRICT_SEQUENCE_LIST') or len(missing) == len(listed):
                 raise FileNotFoundError(message + ('' if len(missing) < len(listed) else
                                                    ' (no sequence at all: check DATA_PATH and PROCESSED_DATA_TAG)'))
             self._log.warning(message + ' (skipped; STRICT_SEQUENCE_LIST: True makes this an error)')
         self._log.info(f'Total skipped sequences {len(missing)}; total samples for Waymo dataset ({self.split}): '
                        f'{len(infos)}')
-        interval = self.dataset_cfg.SAMPLED_INTERVAL[mode]
+        interval = int((self.CONFIG_SCHEMA.get(self.dataset_cfg, 'SAMPLED_INTERVAL') or {}).get(mode, 1))
         if interval > 1:
             infos = infos[::interval]
             self._log.info(f'Total sampled samples for Waymo dataset: {len(infos)} (SAMPLED_INTERVAL {interval})')
@@ -224,13 +244,13 @@ class WaymoDataset(DatasetTemplate):
             gt_boxes = np.asarray(annos['gt_boxes_lidar'], dtype=np.float64)
             gt_boxes = (gt_boxes if len(known) else np.zeros((0, 9)))[known]  # upstream empty annos: shape (0,)
             num_points = np.asarray(annos['num_points_in_gt'])[known]
-            if self.dataset_cfg.get('TRAIN_WITH_SPEED', False):
+            if self.CONFIG_SCHEMA.get(self.dataset_cfg, 'TRAIN_WITH_SPEED'):
                 if gt_boxes.shape[1] != 9:
                     raise ValueError(f'TRAIN_WITH_SPEED needs (N, 9) gt_boxes_lidar, frame {info["frame_id"]} has '
                                      f'{gt_boxes.shape}; regenerate the infos')
             else:
                 gt_boxes = gt_boxes[:, 0:7]
-            if self.training and self.dataset_cfg.get('FILTER_EMPTY_BOXES_FOR_TRAIN', False):
+            if self.training and self.CONFIG_SCHEMA.get(self.dataset_cfg, 'FILTER_EMPTY_BOXES_FOR_TRAIN'):
                 mask = num_points > 0
                 names, gt_boxes, num_points = names[mask], gt_boxes[mask], num_points[mask]
             input_dict.update({'gt_names': names, 'gt_boxes': gt_boxes, 'num_points_in_gt': num_points})
@@ -271,8 +291,9 @@ def create_waymo_gt_database(dataset_cfg, data_path, processed_data_tag=None, sp
     Points are loaded as `WaymoDataset.get_lidar` does with `dataset_cfg` (NLZ handling, POINTS_TANH_DIM)."""
     from .gt_database import DEFAULT_USED_CLASSES, create_groundtruth_database
     data_path = Path(data_path)
-    processed_data_tag = processed_data_tag or dataset_cfg.PROCESSED_DATA_TAG
-    split = split or dataset_cfg.DATA_SPLIT['train']
+    schema = WaymoDataset.CONFIG_SCHEMA
+    processed_data_tag = processed_data_tag or schema.need(dataset_cfg, 'PROCESSED_DATA_TAG', 'for the database')
+    split = split or schema.need(dataset_cfg, 'DATA_SPLIT', 'for the database')['train']
     processed_path = data_path / processed_data_tag
     transform = point_transform_of(dataset_cfg)
     nonfinite = nonfinite_points_policy(dataset_cfg)
@@ -371,10 +392,12 @@ def create_waymo_infos(dataset_cfg, data_path, save_path=None, processed_data_ta
     logger = logger or logging.getLogger(__name__)
     data_path = Path(data_path)
     save_path = Path(save_path) if save_path is not None else data_path
-    processed_data_tag = processed_data_tag or dataset_cfg.PROCESSED_DATA_TAG
+    schema = WaymoDataset.CONFIG_SCHEMA
+    processed_data_tag = processed_data_tag or schema.need(dataset_cfg, 'PROCESSED_DATA_TAG', 'to create the infos')
     processed_path = save_path / processed_data_tag
     workers = default_workers() if workers is None else workers
-    splits = list(dict.fromkeys([dataset_cfg.DATA_SPLIT['train'], dataset_cfg.DATA_SPLIT['test']]))
+    data_split = schema.need(dataset_cfg, 'DATA_SPLIT', 'to create the infos')
+    splits = list(dict.fromkeys([data_split['train'], data_split['test']]))
     # Resolve every split's tfrecords first: missing / misnamed files are reported before hours of work.
     split_files = {}
     for split in splits:
@@ -400,7 +423,7 @@ def create_waymo_infos(dataset_cfg, data_path, save_path=None, processed_data_ta
     if with_gt_database:
         report['gt_database'] = create_waymo_gt_database(
             dataset_cfg, save_path, processed_data_tag, device=device, logger=logger, progress=progress,
-            num_infos=report['num_frames'].get(dataset_cfg.DATA_SPLIT['train']))
+            num_infos=report['num_frames'].get(data_split['train']))
     return report
 
 
@@ -440,8 +463,10 @@ def main(argv=None):
     args = parse_args(argv)
     logger = create_logger()
     dataset_cfg = load_dataset_cfg(args.cfg_file)
-    data_path = Path(args.data_path) if args.data_path else resolve_data_path(dataset_cfg.DATA_PATH)
-    tag = args.processed_data_tag or dataset_cfg.PROCESSED_DATA_TAG
+    schema = WaymoDataset.CONFIG_SCHEMA
+    data_path = Path(args.data_path) if args.data_path else \
+        resolve_data_path(schema.need(dataset_cfg, 'DATA_PATH', 'or --data_path'))
+    tag = args.processed_data_tag or schema.need(dataset_cfg, 'PROCESSED_DATA_TAG', 'or --processed_data_tag')
     if args.func == 'create_waymo_infos':
         return create_waymo_infos(dataset_cfg, data_path, processed_data_tag=tag, workers=args.workers,
                                   update_info_only=args.update_info_only, skip_missing=args.skip_missing,

@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config import ConfigError
+from ...config_schema import Schema
 from ...utils.file_utils import atomic_pickle_dump, atomic_write
 from ...utils.point_io import finite_row_mask
 from ..prep_utils import InfoSchemaError, load_pickle, validate_info_list
@@ -52,6 +53,10 @@ WAYMO_CLASSES = ['unknown', 'Vehicle', 'Pedestrian', 'Sign', 'Cyclist']
 POINT_COLUMNS_ON_DISK = ('x', 'y', 'z', 'intensity', 'elongation', 'NLZ_flag')
 POINT_FEATURES = POINT_COLUMNS_ON_DISK[:5]
 NUM_POINT_FEATURES = len(POINT_FEATURES)
+# The DATA_CONFIG key read here; WaymoDataset.CONFIG_SCHEMA includes it (one declaration of its default).
+POINTS_TANH_SCHEMA = Schema('DATA_CONFIG (WaymoDataset)', {
+    'POINTS_TANH_DIM': None,            # columns passed through tanh at load time; None: [3] (intensity, upstream)
+})
 TFRECORD_SUFFIX = '.tfrecord'
 SPLIT_PREFIXES = ('training', 'validation', 'testing')
 CAMERA_LABELS_SUFFIX = '_with_camera_labels'
@@ -253,7 +258,7 @@ def lidar_file(data_path, sequence_name, sample_idx):
 
 def points_tanh_dims(dataset_cfg):
     """Point columns passed through tanh at load time: `POINTS_TANH_DIM`, default [3] (intensity, as upstream)."""
-    dims = dataset_cfg.get('POINTS_TANH_DIM', None) if dataset_cfg is not None else None
+    dims = POINTS_TANH_SCHEMA.get(dataset_cfg, 'POINTS_TANH_DIM')
     if dims is None:
         return [3]
     dims = [dims] if isinstance(dims, int) else list(dims)

@@ -9,7 +9,7 @@ in training and, when present, at eval for recall); the dense head writes `final
                 `pred_boxes (K, 7|9)`, `pred_scores (K,)`, `pred_labels (K,)` 1-based) and recall counters
                 `{'gt', 'roi_<t>', 'rcnn_<t>'}` for `POST_PROCESSING.RECALL_THRESH_LIST` (3D IoU).
 """
-from .detector3d_template import Detector3DTemplate
+from .detector3d_template import POST_PROCESSING_SCHEMA, Detector3DTemplate
 
 
 class CenterPoint(Detector3DTemplate):
@@ -34,11 +34,12 @@ class CenterPoint(Detector3DTemplate):
 
     def post_processing(self, batch_dict):
         """Boxes come from `batch_dict['final_box_dicts']`; only recall is computed here."""
-        post_process_cfg = self.model_cfg.POST_PROCESSING
+        post_process_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'POST_PROCESSING')
         final_pred_dict = batch_dict['final_box_dicts']
         recall_dict = {}
         for index in range(batch_dict['batch_size']):
             recall_dict = self.generate_recall_record(
                 box_preds=final_pred_dict[index]['pred_boxes'], recall_dict=recall_dict, batch_index=index,
-                data_dict=batch_dict, thresh_list=post_process_cfg.RECALL_THRESH_LIST)
+                data_dict=batch_dict,
+                thresh_list=POST_PROCESSING_SCHEMA.get(post_process_cfg, 'RECALL_THRESH_LIST'))
         return final_pred_dict, recall_dict

@@ -305,7 +305,7 @@ class Detector3DTemplate(nn.Module):
             pred_dicts: list (B) of `pred_boxes (K, 7+)`, `pred_scores (K,)`, `pred_labels (K,)` 1-based.
             recall_dict: see `generate_recall_record`.
         """
-        post_process_cfg = self.model_cfg.POST_PROCESSING
+        post_process_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'POST_PROCESSING')
         batch_size = batch_dict['batch_size']
         recall_dict = {}
         pred_dicts = []
@@ -372,7 +372,7 @@ class Detector3DTemplate(nn.Module):
             recall_dict = self.generate_recall_record(
                 box_preds=final_boxes if 'rois' not in batch_dict else src_box_preds,
                 recall_dict=recall_dict, batch_index=index, data_dict=batch_dict,
-                thresh_list=post_process_cfg.RECALL_THRESH_LIST)
+                thresh_list=POST_PROCESSING_SCHEMA.get(post_process_cfg, 'RECALL_THRESH_LIST'))
             pred_dicts.append({'pred_boxes': final_boxes, 'pred_scores': final_scores, 'pred_labels': final_labels})
         return pred_dicts, recall_dict
 
