@@ -41,6 +41,17 @@ def test_finetune_encoder_matches_pretraining(pretrain_name, finetune_name):
     assert 'dense_head.decoder_pred.weight' in pre_state and 'dense_head.decoder_seal.weight' in pre_state
 
 
+@pytest.mark.parametrize('pretrain_name', [pair[0] for pair in PAIRS])
+def test_cka_alpha_has_one_entry_per_encoder_layer(pretrain_name):
+    """Every shipped pretraining config gives one α per encoder layer (2 per block, counted from the config) and
+    attaches the single head at the deepest layer with α = 0.31 (D4 a)."""
+    cfg = cfg_from_yaml_file(str(CFG_DIR / pretrain_name))
+    num_layers = 2 * sum(blocks for _, blocks in cfg.MODEL.BACKBONE_3D.set_info)
+    head = cfg.MODEL.DENSE_HEAD
+    assert len(head.CKA_ALPHA) == num_layers and head.LAYER_INDEX in (num_layers - 1, -1)
+    assert build_network_from_cfg(cfg).dense_head.layer_alphas == [0.31]
+
+
 def test_full_size_pretraining_step_runs_on_a_small_cloud():
     """The nuScenes pretraining model (z-strides 4, 5, 2 per decision D8) runs a masked training step."""
     cfg = cfg_from_yaml_file(str(CFG_DIR / 'gpicture_nuscenes_pretrain.yaml'))

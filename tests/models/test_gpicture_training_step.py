@@ -338,6 +338,24 @@ def test_defaults_of_the_method_switches():
     assert head.layer_alphas == [0.7]
 
 
+@pytest.mark.parametrize('hierarchical', [False, True])
+def test_cka_alpha_and_layer_index_must_fit_the_encoder_depth(hierarchical):
+    """The test encoder has 4 layers (2 stages x 1 block x 2): the paper's 8 α values, or LAYER_INDEX 7 with 4
+    values, are errors naming the key, the encoder's layer count and the valid range."""
+    cfg = step_cfg(hierarchical)
+    cfg.MODEL.DENSE_HEAD.CKA_ALPHA = [0.97, 0.88, 0.78, 0.64, 0.55, 0.44, 0.36, 0.31]
+    cfg.MODEL.DENSE_HEAD.LAYER_INDEX = 7
+    with pytest.raises(ValueError, match=r'DENSE_HEAD\.CKA_ALPHA has 8 entries but the encoder .* has 4 layers'):
+        build_network_from_cfg(cfg)
+    if not hierarchical:
+        cfg.MODEL.DENSE_HEAD.CKA_ALPHA = list(CKA_ALPHA)
+        with pytest.raises(ValueError, match=r'DENSE_HEAD\.LAYER_INDEX 7 .* 4 layers: expected an index in '
+                                             r'\[-4, 3\]'):
+            build_network_from_cfg(cfg)
+        cfg.MODEL.DENSE_HEAD.LAYER_INDEX = -4
+        assert build_network_from_cfg(cfg).dense_head.layer_alphas == [CKA_ALPHA[0]]
+
+
 def test_normalize_targets_switch_normalises_the_voxel_mean():
     torch.manual_seed(3)
     cfg = step_cfg()
