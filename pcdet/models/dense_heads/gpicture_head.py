@@ -9,7 +9,7 @@ Loss (spec §2.7 / §2.10 step 9): `L = α · L_pts + (1 − α) · β · L_seal
   run from layer l, and averages `α_l L_pts^l + (1 − α_l) β L_seal^l` over the layers;
 * β is the differential-gated progressive weight (spec §2.9), held in the persistent buffer `dgpl_beta` (so a resumed
   run continues with the β of its epoch) and set once per epoch by `GPICTURE.on_train_epoch_start`;
-  `DGPL.FIXED_BETA` pins it for ablations.
+  `DGPL.FIXED_BETA` pins it for ablations, also over a β restored from a checkpoint (a WARNING names both values).
 
 Config (`MODEL.DENSE_HEAD`): NUM_PRD_POINTS 16, NUM_GT_POINTS 64, NUM_SEAL_FEATURES 64, CKA_ALPHA, LAYER_INDEX -1,
 HIERARCHICAL False, SEAL_LOSS_BETA 1.0 (SmoothL1 β), NORMALIZE_POINT_TARGETS False, DGPL {ENABLED True, GAMMA 10,
@@ -30,6 +30,8 @@ forward(batch_dict):
     writes nothing; keeps the predictions and targets for `get_loss()`.
 get_loss() -> (loss, tb_dict {loss_points, loss_seal, loss_rpn, dgpl_beta, mask_ratio, num_masked})
 """
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +72,14 @@ def resolve_layer_alphas(cka_alpha, layer_index, num_encoder_layers, hierarchica
         raise ValueError(f'DENSE_HEAD.LAYER_INDEX {layer_index} is not a layer of the encoder, which has {num_layers} '
                          f'layers: expected an index in [{-num_layers}, {num_layers - 1}]')
     return [cka_alpha[layer_index]]
+
+
+def fixed_beta_override_message(stored_beta, fixed_beta):
+    """The WARNING text when a checkpoint's β differs from the configured DGPL.FIXED_BETA, else None."""
+    if stored_beta == fixed_beta:
+        return None
+    return (f'DENSE_HEAD.DGPL.FIXED_BETA = {fixed_beta} overrides the checkpoint\'s dgpl_beta = {stored_beta:.6g}: '
+            f'training continues with beta = {fixed_beta}')
 
 
 def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
@@ -122,6 +132,19 @@ class GPicturePretrainHead(nn.Module):
             self.decoder_pred = nn.Linear(input_channels, 3 * self.num_pred_points)
             self.decoder_seal = nn.Linear(input_channels, self.num_seal_features)
         self.forward_ret_dict = {}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """As nn.Module, but a configured DGPL.FIXED_BETA wins over the checkpoint's `dgpl_beta` (a resumed ablation
+        with a changed FIXED_BETA must run with the new value); a differing stored β is logged as a WARNING."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        fixed = self.dgpl_cfg['FIXED_BETA']
+        stored = state_dict.get(prefix + 'dgpl_beta')
+        if fixed is None or stored is None:
+            return
+        message = fixed_beta_override_message(float(stored), float(fixed))
+        if message:
+            logging.getLogger('pcdet').warning(message)
+        self.dgpl_beta.fill_(float(fixed))
 
     def set_beta(self, beta):
         """Set β for the coming epoch (ignored when DGPL.FIXED_BETA pins it)."""
