@@ -53,11 +53,13 @@ POINT_FEATURE_ENCODING_SCHEMA = Schema('DATA_CONFIG.POINT_FEATURE_ENCODING', {
     required=True)
 
 TEACHER_FEATURES_SCHEMA = Schema('DATA_CONFIG.TEACHER_FEATURES', {
-    'NAME': REQUIRED,                   # synthetic_semantic | seal_minkunet
+    'NAME': REQUIRED,                   # synthetic_semantic | seal_minkunet | geometric
     'NUM_FEATURES': REQUIRED,
     'ENABLED': True,
     'FEATURE_DIR': None,
     'SEED': 0, 'NOISE_STD': 0.05, 'NUM_LABELS': 32,                         # synthetic_semantic
+    'LABEL_NOISE': 0.0,                 # synthetic_semantic: fraction of points given a wrong label (noisy oracle)
+    'RADII': [0.5, 1.0, 2.0], 'GROUND_CELL': 4.0, 'RANGE_SCALE': 50.0,      # geometric
     'CHECKPOINT': None, 'BACKEND': 'torch', 'DEVICE': 'cpu', 'WEIGHTS_ONLY': True,
     'INTENSITY_COLUMN': 3, 'INTENSITY_SCALE': 1.0, 'VOXEL_SIZE': [0.2, 0.2, 0.2],  # seal_minkunet
 })
