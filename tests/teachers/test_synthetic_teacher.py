@@ -102,8 +102,8 @@ def test_registry():
     teacher = build_teacher({'NAME': 'synthetic_semantic', 'NUM_FEATURES': 16})
     assert isinstance(teacher, SyntheticSemanticTeacher)
     assert (teacher.name, teacher.num_features, teacher.needs_point_labels) == ('synthetic_semantic', 16, True)
-    assert set(KNOWN_TEACHERS) == {'synthetic_semantic', 'seal_minkunet'}
-    with pytest.raises(ConfigError, match=r"unknown teacher 'dino'.*seal_minkunet.*synthetic_semantic"):
+    assert set(KNOWN_TEACHERS) == {'synthetic_semantic', 'seal_minkunet', 'geometric'}
+    with pytest.raises(ConfigError, match=r"unknown teacher 'dino'.*geometric.*seal_minkunet.*synthetic_semantic"):
         build_teacher({'NAME': 'dino'})
     with pytest.raises(ConfigError, match='NAME'):
         build_teacher({'NUM_FEATURES': 16})
