@@ -32,7 +32,7 @@ import numpy as np
 import torch.utils.data as torch_data
 
 from ..config import ConfigError
-from ..config_schema import REQUIRED, Schema, Select, SelectList, pick
+from ..config_schema import REQUIRED, Schema, SelectList, pick
 from ..utils.point_io import NONFINITE_POINTS_SCHEMA
 from .augmentor import DataAugmentor
 from .augmentor.data_augmentor import DATA_AUGMENTOR_SCHEMA, augmentor_entries
@@ -42,8 +42,7 @@ from .processor import DataProcessor, PointFeatureEncoder
 from .processor.data_processor import ENTRY_SCHEMA as PROCESSOR_ENTRY_SCHEMA
 from .processor.data_processor import PROCESSOR_SCHEMAS
 from .sample_rng import load_samples
-from .teachers import teacher_schema
-from .teachers.feature_store import teacher_features_cfg
+from .teachers.feature_store import TEACHER_FEATURES_ENTRY, teacher_features_cfg
 
 SECTION = 'DATA_CONFIG'
 BOX_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes2d')
@@ -108,7 +107,7 @@ class DatasetTemplate(torch_data.Dataset):
         'POINT_FEATURE_ENCODING': PointFeatureEncoder.CONFIG_SCHEMA,
         'DATA_AUGMENTOR': DATA_AUGMENTOR_SCHEMA,
         'DATA_PROCESSOR': SelectList(lambda name: pick(PROCESSOR_SCHEMAS, name, 'processor', 'NAME')),
-        'TEACHER_FEATURES': Select(teacher_schema),     # by NAME; None when absent
+        'TEACHER_FEATURES': TEACHER_FEATURES_ENTRY,     # by NAME; None when absent
         'PRED_VELOCITY': False,
         'TRAIN_WITH_SPEED': False,
         'PROCESSED_DATA_TAG': None,

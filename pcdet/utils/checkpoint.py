@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from ..config_schema import Schema
+
 DEFAULT_MIN_MATCHED_FRACTION = 0.5
 _LIST_LIMIT = 20  # keys listed per category in error messages
 # Written by `pcdet.training.checkpointing.checkpoint_state` (value: pcdet.__version__); absent from upstream files.
@@ -50,6 +52,11 @@ _DSVT_COMPAT_RELEVANT = {
 # Config path of a DSVT's COMPAT block by module name (named in the `--set` hint); others are named by module.
 _DSVT_CONFIG_PATHS = {'': 'MODEL.BACKBONE_3D', 'backbone_3d': 'MODEL.BACKBONE_3D',
                       'backbone_2d.decoder': 'MODEL.BACKBONE_2D.DSVT'}
+
+# MODEL.PRETRAINED_ENCODER (declared here, where it is read; part of the detectors' schema): which tensors must load
+# from --pretrained_model and what fraction of them at least.
+PRETRAINED_ENCODER_SCHEMA = Schema('MODEL.PRETRAINED_ENCODER', {
+    'PREFIXES': ['vfe.', 'backbone_3d.'], 'MIN_COVERAGE': 0.95}, absent='none')
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -388,7 +395,6 @@ def load_pretrained_model(model, filename, pretrained_cfg=None, logger=None, to_
     logger.info('Pretrained coverage (%s): %s', filename, ', '.join(
         f'{prefix[:-1]} {loaded}/{total}' for prefix, (loaded, total) in coverage.items()))
     if pretrained_cfg:
-        from ..models.detectors.detector3d_template import PRETRAINED_ENCODER_SCHEMA  # lazy: models import this
         prefixes = list(PRETRAINED_ENCODER_SCHEMA.get(pretrained_cfg, 'PREFIXES'))
         minimum = float(PRETRAINED_ENCODER_SCHEMA.get(pretrained_cfg, 'MIN_COVERAGE'))
         loaded, total = (sum(v) for v in zip(*prefix_coverage(report, prefixes).values()))

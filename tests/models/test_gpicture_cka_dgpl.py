@@ -102,3 +102,29 @@ def test_resumed_gate_reads_the_checkpoints_of_epochs_t_minus_1_and_t_minus_2(tm
     model.dense_head.set_beta(0.123)
     beta, c_r = model.on_train_epoch_start(4, dataset, ckpt_dir=tmp_path)
     assert c_r is None and beta == pytest.approx(0.123) and float(model.dense_head.dgpl_beta) == pytest.approx(0.123)
+
+
+@pytest.mark.parametrize('stored_beta', [0.8, 0.5])
+def test_configured_fixed_beta_wins_over_the_resumed_checkpoint(tmp_path, caplog, stored_beta):
+    """A run resumed with another DGPL.FIXED_BETA trains with the configured β, and says so when the checkpoint's
+    β differed; the resume goes through the training loader (load_params_with_optimizer)."""
+    from pcdet.training.checkpointing import checkpoint_state, save_checkpoint
+    from pcdet.utils.checkpoint import load_params_with_optimizer
+    cfg = cfg_from_yaml_file(str(CFG_DIR / 'gpicture_tiny_synthetic_pretrain.yaml'))
+    model = build_network_from_cfg(cfg)
+    model.dense_head.set_beta(stored_beta)
+    save_checkpoint(checkpoint_state(model, epoch=5, it=50), tmp_path / 'checkpoint_epoch_5')
+    cfg.MODEL.DENSE_HEAD.DGPL.FIXED_BETA = 0.5
+    resumed = build_network_from_cfg(cfg)
+    resumed.dense_head.dgpl_beta.fill_(0.0)          # not the configured value: the load must set it
+    with caplog.at_level('INFO', logger='pcdet'):
+        load_params_with_optimizer(resumed, tmp_path / 'checkpoint_epoch_5.pth', to_cpu=True)
+    assert float(resumed.dense_head.dgpl_beta) == 0.5
+    beta, c_r = resumed.on_train_epoch_start(6, _ProbeDataset(), ckpt_dir=tmp_path)
+    assert beta == 0.5 and c_r is None
+    overrides = [r.getMessage() for r in caplog.records if 'FIXED_BETA' in r.getMessage()]
+    if stored_beta == 0.5:
+        assert overrides == []
+    else:
+        assert len(overrides) == 1 and '0.8' in overrides[0] and 'overrides' in overrides[0]
+        assert [r.levelname for r in caplog.records if 'FIXED_BETA' in r.getMessage()] == ['WARNING']

@@ -33,12 +33,23 @@ def test_finetune_encoder_matches_pretraining(pretrain_name, finetune_name):
     pre_cfg, pre_state = _state(pretrain_name)
     fine_cfg, fine_state = _state(finetune_name)
     assert pre_cfg.MODEL.NAME == 'GPICTURE' and pre_cfg.MODEL.BACKBONE_3D.NAME == 'DSVT_MAE'
-    assert fine_cfg.MODEL.PRETRAINED_ENCODER.MIN_COVERAGE >= 0.95
+    assert fine_cfg.MODEL.PRETRAINED_ENCODER.MIN_COVERAGE == 1.0     # identical encoders: every tensor must load
     pre_encoder = {k: s for k, s in pre_state.items() if k.startswith(ENCODER)}
     fine_encoder = {k: s for k, s in fine_state.items() if k.startswith(ENCODER)}
     assert fine_encoder and pre_encoder == fine_encoder
     assert any(k.startswith('backbone_2d.mask_token') for k in pre_state)
     assert 'dense_head.decoder_pred.weight' in pre_state and 'dense_head.decoder_seal.weight' in pre_state
+
+
+@pytest.mark.parametrize('pretrain_name', [pair[0] for pair in PAIRS])
+def test_cka_alpha_has_one_entry_per_encoder_layer(pretrain_name):
+    """Every shipped pretraining config gives one α per encoder layer (2 per block, counted from the config) and
+    attaches the single head at the deepest layer with α = 0.31 (D4 a)."""
+    cfg = cfg_from_yaml_file(str(CFG_DIR / pretrain_name))
+    num_layers = 2 * sum(blocks for _, blocks in cfg.MODEL.BACKBONE_3D.set_info)
+    head = cfg.MODEL.DENSE_HEAD
+    assert len(head.CKA_ALPHA) == num_layers and head.LAYER_INDEX in (num_layers - 1, -1)
+    assert build_network_from_cfg(cfg).dense_head.layer_alphas == [0.31]
 
 
 def test_full_size_pretraining_step_runs_on_a_small_cloud():

@@ -3,11 +3,12 @@
 The scene is built voxel by voxel, so the test knows every point's voxel without voxelising anything itself:
 two samples, each with eight semantic classes (orthogonal 64-d prototypes of different norms, different per sample,
 tiny noise, so k-means++ finds the classes almost surely and every intra-class distance is below λ), voxels without
-teacher features (all their points have all-zero features: "invalid", they could be masked if the code were wrong) and
-points outside the range (dropped by the VFE, interleaved with the kept rows). From that the test recomputes the
-per-voxel teacher means and validity, the point groups, the I²Mask properties per sample, the visible set the
-encoder sees, the decoder's input tokens, the chamfer loss over the masked voxels, the teacher loss over the masked
-and valid voxels and `α L_pts + (1 - α) β L_seal`, and compares them with the model's.
+teacher features (all their points have all-zero features: "invalid", they could be masked if the code were wrong),
+mixed voxels (some points with a teacher feature, some with an all-zero or NaN row: only the valid points are
+averaged, the voxel is valid) and points outside the range (dropped by the VFE, interleaved with the kept rows).
+From that the test recomputes the per-voxel teacher means and validity, the point groups, the I²Mask properties per
+sample, the visible set the encoder sees, the decoder's input tokens, the chamfer loss over the masked voxels, the
+teacher loss over the masked and valid voxels and `α L_pts + (1 - α) β L_seal`, and compares them with the model's.
 """
 import copy
 import itertools
@@ -34,6 +35,7 @@ BASE_RATIOS = (0.9, 0.9, 0.9, 0.45, 0.45, 0.45, 0.0, 0.0)   # spec defaults: PAR
 # voxels per class (8 classes) and invalid voxels, per sample; sizes chosen so n * base is never near an integer
 CLASS_SIZES = ([31, 26, 23, 19, 17, 14, 13, 11], [29, 24, 21, 18, 16, 15, 12, 9])
 NUM_INVALID = (22, 17)
+MIXED_EVERY = 3                    # every 3rd class voxel with >= 2 points: its first half of points carry no feature
 
 
 def step_cfg(hierarchical=False, normalize_point_targets=True):
@@ -74,7 +76,7 @@ def make_scene(seed=0):
         # voxels stacked in columns (several z per (y, x)) inside a 24 x 24 x 4 block: windows hold many voxels
         cells = [(z, y, x) for z in range(4) for y in range(50, 74) for x in range(50, 74)]
         chosen = rng.choice(len(cells), len(labels), replace=False)
-        sample_points, sample_feats = [], []
+        sample_points, sample_feats, sample_ok = [], [], []
         for i, (cell_id, label) in enumerate(zip(chosen, labels)):
             z, y, x = cells[cell_id]
             count = special_counts[i] if i < len(special_counts) else rng.randint(1, 9)
@@ -85,8 +87,15 @@ def make_scene(seed=0):
                 feats = (0.55 + 0.05 * label) * (prototypes[8 * b + label] + 0.002 * rng.randn(count, 64))
             else:
                 feats = np.zeros((count, 64))
+            ok = np.full(count, label >= 0)
+            if label >= 0 and count >= 2 and i % MIXED_EVERY == 1:     # a mixed voxel
+                ok[:count // 2] = False
+                feats[:count // 2] = 0.0
+                if i % (2 * MIXED_EVERY) == 1:
+                    feats[0] = np.nan                                  # a NaN row counts as no feature too
             sample_points.append(np.concatenate([xyz, rng.rand(count, 2)], axis=1))
             sample_feats.append(feats)
+            sample_ok.append(ok)
             voxels[(b, z, y, x)] = {'label': int(label), 'points': len(sample_points) - 1}
         # points outside the range (z above 3 m, x beyond 51.2 m), with features: dropped, never averaged in
         above = np.stack([rng.uniform(-8, 8, 20), rng.uniform(-8, 8, 20), rng.uniform(3.1, 4, 20)], 1)
@@ -94,13 +103,17 @@ def make_scene(seed=0):
         outside = np.concatenate([above, beyond])
         sample_points.append(np.concatenate([outside, rng.rand(30, 2)], axis=1))
         sample_feats.append(prototypes[8 * b + rng.randint(0, 8, 30)])
+        sample_ok.append(np.ones(30, dtype=bool))
         owner = np.concatenate([np.full(len(p), k) for k, p in enumerate(sample_points)])
+        point_ok = np.concatenate(sample_ok)
         pts, fts = np.concatenate(sample_points), np.concatenate(sample_feats)
         order = rng.permutation(len(pts))
         base_row = sum(len(p) for p in rows_points)
         for key, info in voxels.items():
             if key[0] == b and 'rows' not in info:
                 info['rows'] = [base_row + int(r) for r in np.flatnonzero(owner[order] == info['points'])]
+                info['valid_rows'] = [base_row + int(r) for r in np.flatnonzero((owner[order] == info['points'])
+                                                                                 & point_ok[order])]
         rows_points.append(np.concatenate([np.full((len(pts), 1), float(b)), pts[order]], axis=1))
         rows_feats.append(fts[order])
     points = torch.from_numpy(np.concatenate(rows_points)).float()
@@ -110,10 +123,12 @@ def make_scene(seed=0):
 
 
 def reference_targets(batch, voxels, keys):
-    """Per-voxel mean teacher feature (float64) and validity, straight from the build (no voxelisation)."""
+    """Per-voxel mean teacher feature over the points built with one (float64; zeros without any) and validity
+    (>= 1 such point), straight from the build (no voxelisation)."""
     feats = batch['point_teacher_features'].double()
-    targets = torch.stack([feats[voxels[k]['rows']].mean(0) for k in keys])
-    valid = torch.tensor([voxels[k]['label'] >= 0 for k in keys])
+    targets = torch.stack([feats[voxels[k]['valid_rows']].mean(0) if voxels[k]['valid_rows']
+                           else torch.zeros(feats.shape[1], dtype=torch.float64) for k in keys])
+    valid = torch.tensor([len(voxels[k]['valid_rows']) > 0 for k in keys])
     return targets, valid
 
 
@@ -196,7 +211,12 @@ def test_voxels_targets_and_validity_from_raw_points(step):
     targets, valid = reference_targets(batch, voxels, keys)
     assert torch.equal(mae['mae_teacher_valid'].cpu(), valid)
     assert torch.allclose(mae['mae_teacher_targets'].double(), targets, atol=1e-6)   # the plain mean (D7 default)
-    assert (~valid).sum() == sum(NUM_INVALID)
+    assert (~valid).sum() == sum(NUM_INVALID) and valid.sum() == sum(map(sum, CLASS_SIZES))
+    mixed = [k for k in keys if 0 < len(voxels[k]['valid_rows']) < len(voxels[k]['rows'])]
+    assert len(mixed) >= 10                                               # the scene has mixed voxels
+    nan_rows = torch.isnan(batch['point_teacher_features']).any(dim=1)
+    assert any(nan_rows[voxels[k]['rows']].any() for k in mixed)          # some with a NaN row
+    assert torch.isfinite(mae['mae_teacher_targets']).all()
 
 
 def test_mask_per_sample_never_invalid_and_i2mask_counts(step):
@@ -336,6 +356,24 @@ def test_defaults_of_the_method_switches():
     head = GPicturePretrainHead(EasyDict(CKA_ALPHA=CKA_ALPHA, LAYER_INDEX=1), 32, [0.8, 0.8, 2.0],
                                 [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0])
     assert head.layer_alphas == [0.7]
+
+
+@pytest.mark.parametrize('hierarchical', [False, True])
+def test_cka_alpha_and_layer_index_must_fit_the_encoder_depth(hierarchical):
+    """The test encoder has 4 layers (2 stages x 1 block x 2): the paper's 8 α values, or LAYER_INDEX 7 with 4
+    values, are errors naming the key, the encoder's layer count and the valid range."""
+    cfg = step_cfg(hierarchical)
+    cfg.MODEL.DENSE_HEAD.CKA_ALPHA = [0.97, 0.88, 0.78, 0.64, 0.55, 0.44, 0.36, 0.31]
+    cfg.MODEL.DENSE_HEAD.LAYER_INDEX = 7
+    with pytest.raises(ValueError, match=r'DENSE_HEAD\.CKA_ALPHA has 8 entries but the encoder .* has 4 layers'):
+        build_network_from_cfg(cfg)
+    if not hierarchical:
+        cfg.MODEL.DENSE_HEAD.CKA_ALPHA = list(CKA_ALPHA)
+        with pytest.raises(ValueError, match=r'DENSE_HEAD\.LAYER_INDEX 7 .* 4 layers: expected an index in '
+                                             r'\[-4, 3\]'):
+            build_network_from_cfg(cfg)
+        cfg.MODEL.DENSE_HEAD.LAYER_INDEX = -4
+        assert build_network_from_cfg(cfg).dense_head.layer_alphas == [CKA_ALPHA[0]]
 
 
 def test_normalize_targets_switch_normalises_the_voxel_mean():

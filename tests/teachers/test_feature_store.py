@@ -70,6 +70,23 @@ def test_missing_truncated_and_inconsistent_files(tmp_path):
     assert fs.feature_file_problem(wrong_dtype) is not None
 
 
+def test_nan_rows_fail_naming_the_file(tmp_path):
+    """A stored NaN / inf row is an error naming the file (it would otherwise reach the voxel targets); writing one,
+    e.g. a value beyond float16's range, is refused."""
+    features = np.ones((5, 3), np.float16)
+    features[3, 1] = np.nan
+    features[4, 0] = np.inf
+    path = tmp_path / 'nan.npz'
+    np.savez(path, features=features, part_sizes=np.array([5]))
+    with pytest.raises(fs.FeatureStoreError, match=re.escape(f'{path} has 2 rows with NaN / inf values (rows [3, 4])')):
+        fs.load_frame_features(path)
+    too_large = np.ones((2, 3), np.float32)
+    too_large[1, 2] = 1e6
+    with pytest.raises(ValueError, match=r'1 feature rows are NaN / inf in float16 \(rows \[1\]'):
+        fs.save_frame_features(tmp_path / 'big.npz', [too_large])
+    assert not (tmp_path / 'big.npz').exists()
+
+
 def teacher_cfg(**overrides):
     cfg = EasyDict({'NAME': 'synthetic_semantic', 'NUM_FEATURES': 8, 'SEED': 0, 'ENABLED': True,
                     'FEATURE_DIR': 'teacher_features/a'})

@@ -102,8 +102,31 @@ def test_registry():
     teacher = build_teacher({'NAME': 'synthetic_semantic', 'NUM_FEATURES': 16})
     assert isinstance(teacher, SyntheticSemanticTeacher)
     assert (teacher.name, teacher.num_features, teacher.needs_point_labels) == ('synthetic_semantic', 16, True)
-    assert set(KNOWN_TEACHERS) == {'synthetic_semantic', 'seal_minkunet'}
-    with pytest.raises(ConfigError, match=r"unknown teacher 'dino'.*seal_minkunet.*synthetic_semantic"):
+    assert set(KNOWN_TEACHERS) == {'synthetic_semantic', 'seal_minkunet', 'geometric'}
+    with pytest.raises(ConfigError, match=r"unknown teacher 'dino'.*geometric.*seal_minkunet.*synthetic_semantic"):
         build_teacher({'NAME': 'dino'})
     with pytest.raises(ConfigError, match='NAME'):
         build_teacher({'NUM_FEATURES': 16})
+
+
+@pytest.mark.parametrize('fraction', [0.0, 0.1, 0.3])
+def test_label_noise_fraction_is_measured_on_a_frame(fraction):
+    """LABEL_NOISE: the fraction of points whose feature belongs to another label than theirs, measured against the
+    clean teacher (a wrong label's vector is orthogonal, cosine ~0; the right one ~1), is within 4 sigma of the
+    binomial spread; deterministic and row-order independent."""
+    points, labels = random_points(20000, seed=3)
+    clean = SyntheticSemanticTeacher({'NUM_FEATURES': 64})(points, labels)
+    teacher = SyntheticSemanticTeacher({'NUM_FEATURES': 64, 'LABEL_NOISE': fraction})
+    noisy = teacher(points, labels)
+    cosine = (clean.astype(np.float64) * noisy).sum(axis=1)
+    assert np.all((cosine > 0.9) | (cosine < 0.4))
+    measured = float(np.mean(cosine < 0.4))
+    assert abs(measured - fraction) <= 4 * math.sqrt(max(fraction * (1 - fraction), 1e-12) / len(points))
+    np.testing.assert_array_equal(noisy, teacher(points, labels))
+    order = np.random.default_rng(0).permutation(len(points))
+    np.testing.assert_array_equal(noisy[order], teacher(points[order], labels[order]))
+
+
+def test_label_noise_outside_0_1_names_the_key():
+    with pytest.raises(ConfigError, match=r'TEACHER_FEATURES\.LABEL_NOISE \(1\.5\): expected a fraction'):
+        SyntheticSemanticTeacher({'NUM_FEATURES': 8, 'LABEL_NOISE': 1.5})

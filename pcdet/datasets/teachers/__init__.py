@@ -3,6 +3,7 @@
     build_teacher(teacher_cfg) -> Teacher     by `teacher_cfg.NAME` (`DATA_CONFIG.TEACHER_FEATURES`):
         synthetic_semantic   SyntheticSemanticTeacher (label-driven test stand-in, synthetic_semantic.py)
         seal_minkunet        SealMinkUNetTeacher (imported on first use: it pulls in torch / the checkpoint)
+        geometric            GeometricTeacher (label-free local-geometry descriptors, geometric.py)
     KNOWN_TEACHERS                            the names above
 
 Modules: base (the protocol), synthetic_semantic, seal_minkunet, feature_store (per-frame float16 files + manifest),
@@ -17,6 +18,7 @@ from .base import TEACHER_FEATURES_SCHEMA
 KNOWN_TEACHERS = {
     'synthetic_semantic': 'pcdet.datasets.teachers.synthetic_semantic:SyntheticSemanticTeacher',
     'seal_minkunet': 'pcdet.datasets.teachers.seal_minkunet:SealMinkUNetTeacher',
+    'geometric': 'pcdet.datasets.teachers.geometric:GeometricTeacher',
 }
 
 

@@ -18,6 +18,7 @@ API
     feature_path(root, feature_dir, frame_id) -> Path
     save_frame_features(path, parts)                       parts: list of (N_i, F) arrays
     load_frame_features(path, num_features=None) -> (features float16 (N, F), part_sizes int64 (1 + S,))
+        a file with a NaN / inf row is an error naming it (save_frame_features refuses to write one)
     select_parts(features, part_sizes, part_indices) -> rows of the chosen parts, in the given order
     join_part_features(path, features, part_sizes, part_indices, part_rows, part_names) -> (sum rows, F) float32
         select_parts + a stale-file check of every part's row count against the points just loaded
@@ -31,12 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from ...config import ConfigError
+from ...config_schema import Schema, Select
 from ...utils.file_utils import atomic_save_text, atomic_write
+from . import teacher_schema
 from .base import TEACHER_FEATURES_SCHEMA
 
 FORMAT = 'pcdet.teacher_features/1'
 MANIFEST_NAME = 'manifest.json'
 SECTION = 'DATA_CONFIG.TEACHER_FEATURES'
+# DATA_CONFIG.TEACHER_FEATURES: a block picked by NAME (the teacher's schema), None when absent. Declared here, where it
+# is read; DatasetTemplate.CONFIG_SCHEMA uses this entry.
+TEACHER_FEATURES_ENTRY = Select(teacher_schema)
+_DATASET_KEYS = Schema('DATA_CONFIG', {'TEACHER_FEATURES': TEACHER_FEATURES_ENTRY})
 # Keys of the TEACHER_FEATURES block that say where/whether features are used, not how they were computed.
 NON_TEACHER_KEYS = ('ENABLED', 'FEATURE_DIR')
 PREPARE_COMMAND = 'python tools/prepare_seal_features.py --cfg_file <your config> [--split train|val|both]'
@@ -51,9 +58,7 @@ class FeatureStoreError(ValueError):
 def teacher_features_cfg(dataset_cfg):
     """`dataset_cfg.TEACHER_FEATURES` when present and `ENABLED` is not False, else None. Checks NAME and
     NUM_FEATURES (the dataset needs the width before any file is read)."""
-    from ..dataset import DatasetTemplate  # it imports this module at load time
-    # declared in DatasetTemplate.CONFIG_SCHEMA: a block picked by NAME, None when absent
-    teacher_cfg = DatasetTemplate.CONFIG_SCHEMA.get(dataset_cfg, 'TEACHER_FEATURES')
+    teacher_cfg = _DATASET_KEYS.get(dataset_cfg, 'TEACHER_FEATURES')
     if not teacher_cfg or TEACHER_FEATURES_SCHEMA.get(teacher_cfg, 'ENABLED') is False:
         return None
     # Only the keys every teacher has: the dataset reads stored features, whichever teacher made them (tests inject
@@ -92,6 +97,11 @@ def _json_default(value):
 
 # ---- frame files -----------------------------------------------------------------------------------------------------
 
+def nonfinite_rows(features):
+    """(K,) int64 indices of the rows of a (N, F) array holding a NaN or inf."""
+    return np.flatnonzero(~np.isfinite(features).all(axis=1))
+
+
 def feature_path(root, feature_dir, frame_id):
     """`<root>/<feature_dir>/<frame_id>.npz`."""
     return Path(root) / feature_dir / f'{frame_id}.npz'
@@ -106,7 +116,12 @@ def save_frame_features(path, parts):
     if len(widths) != 1 or None in widths:
         raise ValueError(f'{path}: parts must be 2-D with one common width, got shapes '
                          f'{[np.shape(p) for p in parts]}')
-    features = np.concatenate([np.asarray(part, dtype=np.float16) for part in parts], axis=0)
+    with np.errstate(over='ignore'):  # an overflow to inf is reported below, naming the rows
+        features = np.concatenate([np.asarray(part, dtype=np.float16) for part in parts], axis=0)
+    bad_rows = nonfinite_rows(features)
+    if bad_rows.size:
+        raise ValueError(f'{path}: {bad_rows.size} feature rows are NaN / inf in float16 (rows '
+                         f'{bad_rows[:10].tolist()}; float16 holds |x| <= 65504); nothing written')
     part_sizes = np.array([len(part) for part in parts], dtype=np.int64)
     with atomic_write(path, 'wb', durable=False) as handle:
         np.savez(handle, features=features, part_sizes=part_sizes)
@@ -130,6 +145,11 @@ def load_frame_features(path, num_features=None):
             or part_sizes.dtype.kind != 'i' or (part_sizes < 0).any() or part_sizes.sum() != len(features):
         raise FeatureStoreError(f'teacher feature file {path}: features {features.dtype} {features.shape} do not match '
                                 f'part_sizes {part_sizes.tolist()} (expected float16 (sum(part_sizes), F)); delete it '
+                                f'and rerun: {PREPARE_COMMAND}')
+    bad_rows = nonfinite_rows(features)
+    if bad_rows.size:
+        raise FeatureStoreError(f'teacher feature file {path} has {bad_rows.size} rows with NaN / inf values (rows '
+                                f'{bad_rows[:10].tolist()}); expected finite features for every point: delete it '
                                 f'and rerun: {PREPARE_COMMAND}')
     if num_features is not None and features.shape[1] != num_features:
         raise FeatureStoreError(f'teacher feature file {path} has {features.shape[1]} features per point, '

@@ -15,8 +15,11 @@ length 0.4 and two points of one label only ~0.86 cosine similarity; with this s
 is ~1 / (1 + NOISE_STD^2) (0.9975 at 0.05) whatever NUM_FEATURES is, and different labels are ~orthogonal.
 
 Config (`DATA_CONFIG.TEACHER_FEATURES`, defaults in `SyntheticSemanticTeacher.CONFIG_SCHEMA`): NAME
-synthetic_semantic, NUM_FEATURES (required), SEED, NOISE_STD, NUM_LABELS (default 32 = the raw nuScenes-lidarseg
-label count; a label outside [0, NUM_LABELS) is an error naming it).
+synthetic_semantic, NUM_FEATURES (required), SEED (0), NOISE_STD (0.05), NUM_LABELS (32 = the raw nuScenes-lidarseg
+label count; a label outside [0, NUM_LABELS) is an error naming it),
+LABEL_NOISE (0.0): a noisy oracle, to measure how teacher quality matters: a point whose hashed uniform (keyed by
+SEED and its coordinates, so deterministic per point and frame) is below LABEL_NOISE gets a wrong label, uniform
+over the other NUM_LABELS - 1 (`noisy_labels`).
 """
 import numpy as np
 
@@ -27,6 +30,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _TWO_POW_32 = float(2 ** 32)
+_LABEL_NOISE_SALT = np.uint64(0xD1B54A32D192ED03)
 
 
 def splitmix64(values):
@@ -71,6 +75,18 @@ def label_unit_vectors(num_labels, num_features, seed):
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
+def noisy_labels(labels, keys, fraction, num_labels):
+    """(N,) int64 labels where the points whose hashed uniform (from `keys`, point_hash) is below `fraction` get a
+    wrong label, uniform over the other `num_labels - 1` (no change when num_labels is 1)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    bits = splitmix64(keys ^ _LABEL_NOISE_SALT)
+    flip = ((bits >> np.uint64(32)).astype(np.float64) + 0.5) / _TWO_POW_32 < fraction
+    if num_labels < 2 or not flip.any():
+        return labels
+    shift = 1 + ((bits & np.uint64(0xFFFFFFFF)).astype(np.float64) / _TWO_POW_32 * (num_labels - 1)).astype(np.int64)
+    return np.where(flip, (labels + shift) % num_labels, labels)
+
+
 class SyntheticSemanticTeacher(Teacher):
     """Label-driven stand-in teacher (module doc). `__call__(points (N, >=3), point_labels (N,) int)` ->
     (N, NUM_FEATURES) float32 unit rows."""
@@ -79,7 +95,8 @@ class SyntheticSemanticTeacher(Teacher):
     needs_point_labels = True
     SECTION = 'DATA_CONFIG.TEACHER_FEATURES'
     CONFIG_SCHEMA = Teacher.CONFIG_SCHEMA.extend('DATA_CONFIG.TEACHER_FEATURES (synthetic_semantic)', {
-        'SEED': 0, 'NOISE_STD': 0.05, 'NUM_LABELS': 32})
+        'SEED': 0, 'NOISE_STD': 0.05, 'NUM_LABELS': 32,
+        'LABEL_NOISE': 0.0})  # fraction of points given a wrong label (noisy oracle)
 
     def __init__(self, teacher_cfg):
         schema = self.CONFIG_SCHEMA
@@ -92,6 +109,10 @@ class SyntheticSemanticTeacher(Teacher):
                               f'({self.num_labels}) must be >= 1')
         if self.noise_std < 0 or self.seed < 0:
             raise ConfigError(f'{self.SECTION}: NOISE_STD ({self.noise_std}) and SEED ({self.seed}) must be >= 0')
+        self.label_noise = float(schema.get(teacher_cfg, 'LABEL_NOISE'))
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ConfigError(f'{self.SECTION}.LABEL_NOISE ({self.label_noise}): expected a fraction of points in '
+                              '[0, 1]')
         self.label_vectors = label_unit_vectors(self.num_labels, self.num_features, self.seed)
 
     def __call__(self, points, point_labels=None):
@@ -105,7 +126,9 @@ class SyntheticSemanticTeacher(Teacher):
             bad = labels[(labels < 0) | (labels >= self.num_labels)][0]
             raise ValueError(f'synthetic_semantic teacher: label value {int(bad)} is outside [0, {self.num_labels}) '
                              f'(TEACHER_FEATURES.NUM_LABELS = {self.num_labels})')
-        noise = hashed_standard_normal(point_hash(points[:, 0:3], self.seed), self.num_features)
+        keys = point_hash(points[:, 0:3], self.seed)
+        labels = noisy_labels(labels, keys, self.label_noise, self.num_labels) if self.label_noise else labels
+        noise = hashed_standard_normal(keys, self.num_features)
         features = self.label_vectors[labels.astype(np.int64)] + noise * (self.noise_std / np.sqrt(self.num_features))
         features /= np.linalg.norm(features, axis=1, keepdims=True)
         return features.astype(np.float32)

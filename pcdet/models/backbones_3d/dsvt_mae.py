@@ -1,9 +1,10 @@
 """DSVT_MAE: the GPICTURE masked encoder (spec §2.3-§2.5, §2.10 steps 3-5).
 
 A `DSVT` whose input voxels are first masked: per stage-0 voxel it builds the teacher target (the mean of the
-per-point teacher features of its points, spec §2.3 RECOMMENDED), runs I²Mask per sample on those targets
-(spec §2.4) and encodes only the visible voxels. Parameters are exactly DSVT's (`backbone_3d.*` names), so a
-pretrained encoder loads into the fine-tune `DSVT` as is.
+per-point teacher features of those of its points that have one -- a finite, not all-zero row,
+`teacher_point_validity`; spec §2.3 RECOMMENDED; a voxel is valid when at least one of its points has one), runs
+I²Mask per sample on those targets (spec §2.4) and encodes only the visible voxels. Parameters are exactly DSVT's
+(`backbone_3d.*` names), so a pretrained encoder loads into the fine-tune `DSVT` as is.
 
 Config (`MODEL.BACKBONE_3D`): everything `DSVT` reads, plus `MASK_CONFIG`:
     TYPE: i2mask (default) | random (ablation: RANDOM_MASK_RATIO of the valid voxels per sample) | none
@@ -51,6 +52,12 @@ def resolve_mask_config(model_cfg):
     return cfg
 
 
+def teacher_point_validity(point_features):
+    """(P,) bool: the point has a teacher feature, i.e. its row is finite and not all zero. Only such points enter
+    the voxel mean, so a voxel's target is not diluted by points without a feature (and a NaN row never spreads)."""
+    return torch.isfinite(point_features).all(dim=1) & (point_features != 0).any(dim=1)
+
+
 def compose_pooling_maps(voxel_index, pooling_maps):
     """Last-stage token of each stage-0 voxel in `voxel_index` (rows of the encoder's stage-0 input), following
     `dsvt_pooling_maps` (stage s voxel -> stage s+1 voxel); `pooling_maps[:k]` stops at stage k."""
@@ -85,7 +92,7 @@ class DSVT_MAE(DSVT):  # noqa: N801 (OpenPCDet-style registry name)
         self.mask_cfg = resolve_mask_config(model_cfg)
 
     def teacher_targets(self, batch_dict):
-        """Per stage-0 voxel mean of the per-point teacher features -> ((N0, F) float32, (N0,) bool valid)."""
+        """Per stage-0 voxel mean of the valid points' teacher features -> ((N0, F) float32, (N0,) bool valid)."""
         num_voxels = batch_dict['voxel_coords'].shape[0]
         if 'point_teacher_features' not in batch_dict:
             raise KeyError('DSVT_MAE needs point_teacher_features (per-point teacher features): set '
@@ -93,6 +100,7 @@ class DSVT_MAE(DSVT):  # noqa: N801 (OpenPCDet-style registry name)
         point_features = batch_dict['point_teacher_features']
         point_features = point_features[batch_dict['point_in_grid_mask']].float()
         return voxel_mean_features(point_features, batch_dict['point_voxel_index'], num_voxels,
+                                   point_valid=teacher_point_validity(point_features),
                                    normalize=bool(self.mask_cfg['NORMALIZE_TARGETS']))
 
     def compute_mask(self, targets, valid, batch_index, batch_size):

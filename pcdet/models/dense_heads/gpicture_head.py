@@ -2,13 +2,14 @@
 points of the voxel, relative to the voxel centre) and a 64-d teacher feature (SmoothL1), both on masked voxels.
 
 Loss (spec §2.7 / §2.10 step 9): `L = α · L_pts + (1 − α) · β · L_seal` where
-* α comes from the CKA constants `CKA_ALPHA` (upstream spelling `CKA_ALHPA` accepted): default mode (D4 a) uses one
-  head on the decoder output and `α = CKA_ALPHA[LAYER_INDEX]` (default: the last entry, 0.31 for the released list);
+* α comes from the CKA constants `CKA_ALPHA` (upstream spelling `CKA_ALHPA` accepted), one per encoder layer (exactly
+  as many entries as the encoder has layers, `resolve_layer_alphas`): default mode (D4 a) uses one head on the decoder
+  output and `α = CKA_ALPHA[LAYER_INDEX]` (LAYER_INDEX a layer of the encoder; default -1, the deepest);
   `HIERARCHICAL: True` (D4 b) has one point head and one teacher head per encoder layer l, each on the shared decoder
   run from layer l, and averages `α_l L_pts^l + (1 − α_l) β L_seal^l` over the layers;
 * β is the differential-gated progressive weight (spec §2.9), held in the persistent buffer `dgpl_beta` (so a resumed
   run continues with the β of its epoch) and set once per epoch by `GPICTURE.on_train_epoch_start`;
-  `DGPL.FIXED_BETA` pins it for ablations.
+  `DGPL.FIXED_BETA` pins it for ablations, also over a β restored from a checkpoint (a WARNING names both values).
 
 Config (`MODEL.DENSE_HEAD`): NUM_PRD_POINTS 16, NUM_GT_POINTS 64, NUM_SEAL_FEATURES 64, CKA_ALPHA, LAYER_INDEX -1,
 HIERARCHICAL False, SEAL_LOSS_BETA 1.0 (SmoothL1 β), NORMALIZE_POINT_TARGETS False, DGPL {ENABLED True, GAMMA 10,
@@ -29,6 +30,8 @@ forward(batch_dict):
     writes nothing; keeps the predictions and targets for `get_loss()`.
 get_loss() -> (loss, tb_dict {loss_points, loss_seal, loss_rpn, dgpl_beta, mask_ratio, num_masked})
 """
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +50,36 @@ def resolve_dgpl_config(model_cfg):
     given = GPicturePretrainHead.CONFIG_SCHEMA.get(model_cfg, 'DGPL')
     check_block(given, DGPL_SCHEMA, 'DENSE_HEAD.DGPL')
     return dict(DGPL_SCHEMA.fill(given))
+
+
+def resolve_layer_alphas(cka_alpha, layer_index, num_encoder_layers, hierarchical):
+    """The α of each head: `[CKA_ALPHA[LAYER_INDEX]]`, or every CKA_ALPHA entry in the hierarchical mode.
+
+    CKA_ALPHA holds one α per layer of THIS encoder (the paper's 8 values belong to its 8-layer encoder: 4 stages x
+    1 block x 2 set-attention layers), so it must have exactly `num_encoder_layers` entries and LAYER_INDEX must
+    index a layer of the encoder, in [-L, L). `num_encoder_layers` None (a head built on its own): L = len(CKA_ALPHA).
+    Violations raise ValueError naming the key, the encoder's layer count and what is expected.
+    """
+    num_layers = len(cka_alpha) if num_encoder_layers is None else int(num_encoder_layers)
+    if len(cka_alpha) != num_layers:
+        raise ValueError(
+            f'DENSE_HEAD.CKA_ALPHA has {len(cka_alpha)} entries but the encoder (MODEL.BACKBONE_3D) has {num_layers} '
+            f'layers (2 per block, blocks = sum of set_info[s][1]): give exactly one α per encoder layer, shallow to '
+            f'deep (the paper\'s 8 values belong to its 8-layer encoder; docs/GPICTURE.md, CKA-guided reconstruction)')
+    if hierarchical:
+        return list(cka_alpha)
+    if not -num_layers <= layer_index < num_layers:
+        raise ValueError(f'DENSE_HEAD.LAYER_INDEX {layer_index} is not a layer of the encoder, which has {num_layers} '
+                         f'layers: expected an index in [{-num_layers}, {num_layers - 1}]')
+    return [cka_alpha[layer_index]]
+
+
+def fixed_beta_override_message(stored_beta, fixed_beta):
+    """The WARNING text when a checkpoint's β differs from the configured DGPL.FIXED_BETA, else None."""
+    if stored_beta == fixed_beta:
+        return None
+    return (f'DENSE_HEAD.DGPL.FIXED_BETA = {fixed_beta} overrides the checkpoint\'s dgpl_beta = {stored_beta:.6g}: '
+            f'training continues with beta = {fixed_beta}')
 
 
 def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
@@ -88,24 +121,30 @@ class GPicturePretrainHead(nn.Module):
         fixed = self.dgpl_cfg['FIXED_BETA']
         self.register_buffer('dgpl_beta', torch.tensor(float(fixed) if fixed is not None else 0.0))
 
+        self.layer_alphas = resolve_layer_alphas(self.cka_alpha, int(schema.get(model_cfg, 'LAYER_INDEX')),
+                                                 num_encoder_layers, self.hierarchical)
         if self.hierarchical:
-            if num_encoder_layers is None or len(self.cka_alpha) < num_encoder_layers:
-                raise ValueError(f'DENSE_HEAD.HIERARCHICAL needs one CKA_ALPHA per encoder layer: the encoder has '
-                                 f'{num_encoder_layers} layers, CKA_ALPHA has {len(self.cka_alpha)} entries')
-            self.layer_alphas = self.cka_alpha[:num_encoder_layers]
             self.decoder_pred_layers = nn.ModuleList(
                 [nn.Linear(input_channels, 3 * self.num_pred_points) for _ in self.layer_alphas])
             self.decoder_seal_layers = nn.ModuleList(
                 [nn.Linear(input_channels, self.num_seal_features) for _ in self.layer_alphas])
         else:
-            layer_index = int(schema.get(model_cfg, 'LAYER_INDEX'))
-            if not -len(self.cka_alpha) <= layer_index < len(self.cka_alpha):
-                raise ValueError(f'DENSE_HEAD.LAYER_INDEX {layer_index} is outside CKA_ALPHA ({len(self.cka_alpha)} '
-                                 'entries)')
-            self.layer_alphas = [self.cka_alpha[layer_index]]
             self.decoder_pred = nn.Linear(input_channels, 3 * self.num_pred_points)
             self.decoder_seal = nn.Linear(input_channels, self.num_seal_features)
         self.forward_ret_dict = {}
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """As nn.Module, but a configured DGPL.FIXED_BETA wins over the checkpoint's `dgpl_beta` (a resumed ablation
+        with a changed FIXED_BETA must run with the new value); a differing stored β is logged as a WARNING."""
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        fixed = self.dgpl_cfg['FIXED_BETA']
+        stored = state_dict.get(prefix + 'dgpl_beta')
+        if fixed is None or stored is None:
+            return
+        message = fixed_beta_override_message(float(stored), float(fixed))
+        if message:
+            logging.getLogger('pcdet').warning(message)
+        self.dgpl_beta.fill_(float(fixed))
 
     def set_beta(self, beta):
         """Set β for the coming epoch (ignored when DGPL.FIXED_BETA pins it)."""

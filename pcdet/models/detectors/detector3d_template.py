@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ...config_schema import REQUIRED, Schema, Select, pick, schema_of
+from ...utils.checkpoint import PRETRAINED_ENCODER_SCHEMA
 from ..model_utils import model_nms_utils
 
 # topology slot -> (config key, registry module (relative to pcdet.models))
@@ -83,8 +84,6 @@ POST_PROCESSING_SCHEMA = Schema('MODEL.POST_PROCESSING', {
     'OUTPUT_RAW_SCORE': False,
     'NMS_CONFIG': model_nms_utils.NMS_CONFIG_SCHEMA,
 })
-PRETRAINED_ENCODER_SCHEMA = Schema('MODEL.PRETRAINED_ENCODER', {
-    'PREFIXES': ['vfe.', 'backbone_3d.'], 'MIN_COVERAGE': 0.95}, absent='none')
 # Keys of every DENSE_HEAD that the detector itself reads; each head's schema extends this one.
 DENSE_HEAD_BASE_SCHEMA = Schema('MODEL.DENSE_HEAD', {
     'NAME': REQUIRED,

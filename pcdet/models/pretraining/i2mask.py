@@ -21,6 +21,10 @@ Decisions and deviations from the as-written code (spec §2.4 "edge cases", RECO
   so among singletons the first remaining cluster is taken. More clusters than `sum(PARTITION)`: the last group
   takes all the rest.
 * `r_c = 1` for every cluster when `max_j D_j == 0` (no member farther than λ from its center anywhere).
+* Empty clusters (k-means can end with a cluster that lost all its members; its center is stale) are EXCLUDED before
+  grouping (`drop_empty_clusters`): they take no slot of a group, so the K' non-empty clusters are grouped as for
+  K' = K - (#empty) clusters (fill in order, above). Relocating them (re-seeding at a far point) was not chosen: it
+  would change the clustering itself and add random draws; excluding keeps the draws and the non-empty clusters.
 * N_b == 0: empty mask. 0 < N_b < NUM_CLUSTERS: no k-means; every voxel is its own cluster (center = its feature),
   so every D_k = 0, r_c = 1, and each voxel is masked iff floor(base(group)) == 1 (never for base ratios < 1).
 * Random draws, in order per sample: K uniforms for the k-means++ seeds, then one uniform key per voxel (the members
@@ -257,6 +261,14 @@ def _random_subset_mask(labels, counts, generator):
     return mask
 
 
+def drop_empty_clusters(labels, centers):
+    """Remove clusters without members: -> (labels renumbered to [0, K') keeping their order, (K', D) centers)."""
+    sizes = torch.bincount(labels, minlength=centers.shape[0])[:centers.shape[0]]
+    keep = sizes > 0
+    new_id = torch.cumsum(keep.long(), dim=0) - 1
+    return new_id[labels], centers[keep]
+
+
 def mask_from_clusters(features, labels, centers, cfg, generator=None):
     """I²Mask steps 3–5 for a given clustering (k-means bypassed; used by `i2mask_single` and the tests).
 
@@ -266,13 +278,14 @@ def mask_from_clusters(features, labels, centers, cfg, generator=None):
         generator: torch.Generator or None; draws the random member subsets.
     Returns:
         (N,) bool mask: for each cluster k exactly `floor(|C_k| * base(group of k) * r_c,k)` members set, chosen
-        uniformly at random.
+        uniformly at random. Empty clusters are excluded before grouping (module doc).
     """
     settings = read_i2mask_cfg(cfg)
-    num_clusters = centers.shape[0]
     labels = labels.long()
     if labels.numel() == 0:
         return torch.zeros(0, dtype=torch.bool, device=features.device)
+    labels, centers = drop_empty_clusters(labels, centers)
+    num_clusters = centers.shape[0]
     groups = group_clusters_by_distinctness(centers, settings['PARTITION'])
     base = [0.0] * num_clusters
     for group, ratio in zip(groups, settings['BASE_MASK_RATIO']):

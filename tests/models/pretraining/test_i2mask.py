@@ -144,6 +144,25 @@ def test_mask_from_clusters_counts(seed):
     assert mask.dtype == torch.bool and mask.shape == labels.shape
 
 
+@pytest.mark.parametrize('seed', range(3))
+def test_empty_cluster_takes_no_group_slot(seed):
+    """A cluster without members (a stale k-means centre) is excluded before grouping: the 7 non-empty clusters
+    are grouped 3/3/1 among themselves and masked as if the empty one never existed. The stale centre here is
+    the zero vector (cosine distance 1 to all, the most distinct), so counting it would put it in the 0.9 group."""
+    sizes = [12, 7, 40, 9, 25, 4, 30]
+    feats, labels, centers = clustered_features(seed, sizes)
+    empty = 2
+    stale_labels = labels + (labels >= empty).long()
+    stale_centers = torch.cat([centers[:empty], torch.zeros(1, centers.shape[1]), centers[empty:]])
+    mask = mask_from_clusters(feats, stale_labels, stale_centers, CFG, torch.Generator().manual_seed(seed))
+    groups = reference_groups(centers, CFG['PARTITION'])
+    assert [len(g) for g in groups] == [3, 3, 1]
+    r_c = reference_consistency(feats, labels, centers, CFG['LAMBDA_THRESHOLD'])
+    base = {k: CFG['BASE_MASK_RATIO'][g] for g, members in enumerate(groups) for k in members}
+    for k, size in enumerate(sizes):
+        assert int(mask[labels == k].sum()) == math.floor(size * base[k] * r_c[k]), k
+
+
 def test_mask_subset_is_uniform():
     """Which members of a cluster are masked varies with the seed, each about equally often."""
     feats = torch.zeros(10, 2)
