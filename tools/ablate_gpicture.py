@@ -1,0 +1,230 @@
+"""GPICTURE ablation in miniature: each pretext variant x several seeds -> 10%-label detection fine-tune -> official
+nuScenes DetectionEval; mean +- std per row, a Markdown table and a bar chart.
+
+    python tools/ablate_gpicture.py --data_path data/synthetic_nuscenes --version v1.0-trainval \
+        --seeds 0 1 2 --rows scratch full points_only --jobs 2 --out docs/gpicture_ablation
+
+Every run goes through the real tools in subprocesses (train.py / test.py / prepare_seal_features.py), one torch
+thread each, `--jobs` at a time. Each finished (row, seed) writes `<output_root>/ablation/<row>/seed<k>/result.json`;
+a rerun skips finished runs, so the study resumes after an interruption. The data set (synthetic nuScenes-format,
+infos) must exist; teacher features are prepared per teacher variant when missing (resumable).
+
+Rows (ROWS below): the pretraining config `gpicture_tiny_synthetic_pretrain.yaml` with overrides (written to
+`<output_root>/configs/<row>.yaml`), or no
+pretraining (scratch); every fine-tune is `gpicture_tiny_synthetic_finetune.yaml` with the same schedule. A seed
+changes the pretraining and the fine-tune (`train.py --seed`): weights, data order and augmentation.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CFG_DIR = REPO_ROOT / 'tools' / 'cfgs' / 'gpicture_models'
+PRETRAIN_CFG = CFG_DIR / 'gpicture_tiny_synthetic_pretrain.yaml'
+FINETUNE_CFG = CFG_DIR / 'gpicture_tiny_synthetic_finetune.yaml'
+TEACHER = 'DATA_CONFIG.TEACHER_FEATURES.'
+HEAD = 'MODEL.DENSE_HEAD.'
+
+# name -> (description, pretraining config overrides {dotted key: value}; None = no pretraining). A dict value
+# replaces the whole block (a teacher of another NAME has other keys). Teacher variants write their features to their
+# own FEATURE_DIR (the feature store refuses to mix teachers).
+ROWS = {
+    'scratch': ('no pretraining', None),
+    'full': ('GPICTURE: I²Mask + CKA α + DGPL, synthetic_semantic teacher', {}),
+    'points_only': ('points-only MAE (β fixed at 0: no teacher loss)', {HEAD + 'DGPL.FIXED_BETA': 0.0}),
+    'teacher_only': ('teacher-only (α = 0 for each of the 4 encoder layers: no point loss)',
+                     {HEAD + 'CKA_ALPHA': [0.0, 0.0, 0.0, 0.0]}),
+    'random_mask': ("random mask at I²Mask's measured mean ratio (0.15) instead of I²Mask",
+                    {'MODEL.BACKBONE_3D.MASK_CONFIG.TYPE': 'random',
+                     'MODEL.BACKBONE_3D.MASK_CONFIG.RANDOM_MASK_RATIO': 0.15}),
+    'fixed_beta': ('β fixed at 1 instead of DGPL', {HEAD + 'DGPL.FIXED_BETA': 1.0}),
+    'label_free': ('label-free teacher (`geometric`: local-geometry descriptors)',
+                   {TEACHER[:-1]: {'NAME': 'geometric', 'NUM_FEATURES': 64, 'SEED': 0,
+                                   'FEATURE_DIR': 'teacher_features/geometric'}}),
+    'noisy_20': ('noisy oracle: 20% of the points get a wrong class code',
+                 {TEACHER + 'LABEL_NOISE': 0.2, TEACHER + 'FEATURE_DIR': 'teacher_features/noisy_20'}),
+    'noisy_50': ('noisy oracle: 50% of the points get a wrong class code',
+                 {TEACHER + 'LABEL_NOISE': 0.5, TEACHER + 'FEATURE_DIR': 'teacher_features/noisy_50'}),
+}
+METRICS = (('mAP', 'mean_ap'), ('NDS', 'nd_score'), ('car AP', None))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--data_path', required=True, help='DATA_CONFIG.DATA_PATH holding <version>/ with infos')
+    parser.add_argument('--version', default='v1.0-trainval')
+    parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    parser.add_argument('--pretrain_epochs', type=int, default=16)
+    parser.add_argument('--finetune_epochs', type=int, default=60)
+    parser.add_argument('--jobs', type=int, default=2, help='runs at a time (one torch thread each)')
+    parser.add_argument('--output_root', default=str(REPO_ROOT / 'output' / 'ablation'))
+    parser.add_argument('--out', default=None, help='write <out>.md (table) and <out>.png (chart)')
+    parser.add_argument('--extra_set', nargs='*', default=[], help='more --set pairs for every run')
+    return parser.parse_args(argv)
+
+
+def run(args, log_path, env):
+    """Run a tool (argument list) into `log_path`; raise naming the log when it fails."""
+    with open(log_path, 'w') as log:
+        code = subprocess.run([sys.executable, *map(str, args)], cwd=REPO_ROOT, env=env, stdout=log,
+                              stderr=subprocess.STDOUT, check=False).returncode
+    if code != 0:
+        raise RuntimeError(f'{" ".join(map(str, args[:3]))} exited with {code}; see {log_path}')
+
+
+def tool_env():
+    import os
+    return dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', OMP_WAIT_POLICY='PASSIVE', PYTHONHASHSEED='0')
+
+
+def data_set(opts):
+    return ['DATA_CONFIG.DATA_PATH', opts.data_path, 'DATA_CONFIG.VERSION', opts.version, *opts.extra_set]
+
+
+def strip_base_keys(block):
+    """A plain-dict copy of a resolved config without `_BASE_CONFIG_` entries (they would re-resolve relative to the
+    written file) and without the keys the config loader adds (ROOT_DIR, LOCAL_RANK)."""
+    if isinstance(block, dict):
+        return {k: strip_base_keys(v) for k, v in block.items() if k not in ('_BASE_CONFIG_', 'ROOT_DIR', 'LOCAL_RANK')}
+    if isinstance(block, (list, tuple)):
+        return [strip_base_keys(v) for v in block]
+    return block
+
+
+def variant_config(row, output_root):
+    """Write the pretraining config of `row` (PRETRAIN_CFG resolved, the row's overrides applied) to
+    `<output_root>/configs/<row>.yaml` and return its path. `--set` cannot do this: it only changes existing keys."""
+    import yaml
+
+    from pcdet.config import cfg_from_yaml_file
+    cfg = strip_base_keys(cfg_from_yaml_file(PRETRAIN_CFG))
+    for dotted, value in ROWS[row][1].items():
+        *parents, leaf = dotted.split('.')
+        block = cfg
+        for key in parents:
+            block = block[key]
+        block[leaf] = value
+    path = Path(output_root) / 'configs' / f'{row}.yaml'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'# {ROWS[row][0]} (tools/ablate_gpicture.py: {PRETRAIN_CFG.name} + overrides)\n'
+                    + yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_one(row, seed, opts):
+    """Pretrain (unless scratch), fine-tune, evaluate one (row, seed); -> result dict (cached in result.json)."""
+    run_dir = Path(opts.output_root) / row / f'seed{seed}'
+    result_file = run_dir / 'result.json'
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env, start = tool_env(), time.monotonic()
+    common = ['--workers', '0', '--seed', seed, '--use_tqdm_to_record', '--overwrite',
+              '--output_root', run_dir / 'output']
+    finetune_extra = []
+    if ROWS[row][1] is not None:
+        run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', variant_config(row, opts.output_root), '--extra_tag',
+             'pretrain', '--epochs', opts.pretrain_epochs, '--skip_eval', *common, '--set', *data_set(opts)],
+            run_dir / 'pretrain.log', env)
+        ckpt = next((run_dir / 'output').rglob(f'pretrain/ckpt/checkpoint_epoch_{opts.pretrain_epochs}.pth'))
+        finetune_extra = ['--pretrained_model', ckpt]
+    run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', FINETUNE_CFG, '--extra_tag', 'finetune',
+         '--epochs', opts.finetune_epochs, '--skip_eval', *common, *finetune_extra, '--set', *data_set(opts)],
+        run_dir / 'finetune.log', env)
+    finetune_dir = next((run_dir / 'output').rglob('finetune/ckpt')).parent
+    run([REPO_ROOT / 'tools' / 'test.py', '--cfg_file', FINETUNE_CFG, '--extra_tag', 'finetune', '--workers', '0',
+         '--output_root', run_dir / 'output', '--ckpt',
+         finetune_dir / 'ckpt' / f'checkpoint_epoch_{opts.finetune_epochs}.pth', '--set', *data_set(opts)],
+        run_dir / 'test.log', env)
+    summary = json.loads(next(finetune_dir.glob(f'eval/epoch_{opts.finetune_epochs}/*/default/final_result/data/'
+                                                'metrics_summary.json')).read_text())
+    result = {'row': row, 'seed': seed, 'mAP': summary['mean_ap'], 'NDS': summary['nd_score'],
+              'car AP': summary['mean_dist_aps']['car'], 'seconds': round(time.monotonic() - start)}
+    tmp = result_file.with_suffix('.tmp')
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(result_file)
+    print(f'{row:>13} seed {seed}: mAP {result["mAP"]:.4f}  NDS {result["NDS"]:.4f}  car AP {result["car AP"]:.4f}'
+          f'  ({result["seconds"]} s)', flush=True)
+    return result
+
+
+def prepare_teachers(opts):
+    """Teacher features of every teacher variant the chosen rows need (prepare_seal_features is resumable)."""
+    needed = {}  # one row per distinct teacher block
+    for row in opts.rows:
+        if ROWS[row][1] is not None:
+            teacher_keys = tuple(sorted((k, repr(v)) for k, v in ROWS[row][1].items() if k.startswith(TEACHER[:-1])))
+            needed.setdefault(teacher_keys, row)
+    for row in needed.values():
+        run([REPO_ROOT / 'tools' / 'prepare_seal_features.py', '--cfg_file', variant_config(row, opts.output_root),
+             '--split', 'train', '--quiet', '--set', *data_set(opts)], Path(opts.output_root) / f'teacher_{row}.log',
+            tool_env())
+
+
+def summarise(results, rows):
+    """{row: {metric: (mean, std, n)}} over seeds (sample std; 0 for one seed)."""
+    table = {}
+    for row in rows:
+        runs = [r for r in results if r['row'] == row]
+        if runs:
+            table[row] = {name: (statistics.mean(r[name] for r in runs),
+                                 statistics.stdev(r[name] for r in runs) if len(runs) > 1 else 0.0, len(runs))
+                          for name, _ in METRICS}
+    return table
+
+
+def markdown(table, opts):
+    lines = [f'| row | what | seeds | {" | ".join(name for name, _ in METRICS)} |',
+             '|---|---|---|' + '---|' * len(METRICS)]
+    for row, stats in table.items():
+        cells = ' | '.join(f'{stats[name][0]:.3f} ± {stats[name][1]:.3f}' for name, _ in METRICS)
+        lines.append(f'| {row} | {ROWS[row][0]} | {stats[METRICS[0][0]][2]} | {cells} |')
+    lines.append('')
+    lines.append(f'Pretraining {opts.pretrain_epochs} epochs, fine-tune {opts.finetune_epochs} epochs on every 10th '
+                 f'train frame, official nuScenes DetectionEval on the val split; mean ± sample std over seeds '
+                 f'{opts.seeds}.')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(table, path):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = list(table)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6), sharey=False)
+    for ax, (name, _) in zip(axes, METRICS):
+        means = [table[row][name][0] for row in rows]
+        stds = [table[row][name][1] for row in rows]
+        ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color=['#999999' if r == 'scratch' else '#3b75af'
+                                                                    for r in rows])
+        ax.set_xticks(range(len(rows)), rows, rotation=45, ha='right', fontsize=8)
+        ax.set_title(name)
+    fig.suptitle('GPICTURE ablation (synthetic nuScenes, 10% labels): mean ± std over seeds', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    opts = parse_args(argv)
+    Path(opts.output_root).mkdir(parents=True, exist_ok=True)
+    prepare_teachers(opts)
+    jobs = [(row, seed) for seed in opts.seeds for row in opts.rows]
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        results = list(pool.map(lambda job: run_one(*job, opts), jobs))
+    table = summarise(results, opts.rows)
+    text = markdown(table, opts)
+    print(text)
+    if opts.out:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(f'{opts.out}.md').write_text(text)
+        plot(table, f'{opts.out}.png')
+
+
+if __name__ == '__main__':
+    main()
