@@ -43,33 +43,26 @@ def _common_args(parser):
     return parser
 
 
-def _epochs_arg(text):
-    """`--epochs` value: an int >= 1 (0 would only fail later, inside the LR scheduler)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'--epochs must be an integer >= 1, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'--epochs must be >= 1, got {value}')
-    return value
-
-
-def _seed_arg(text):
-    """argparse type of --seed: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'--seed must be an integer >= 0, got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'--seed must be >= 0, got {value}')
-    return value
+def _int_at_least(flag, minimum):
+    """argparse type: an int >= `minimum`, else an error naming `flag` (e.g. `--epochs 0` would only fail later,
+    inside the LR scheduler)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{flag} must be an integer >= {minimum}, got {text!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'{flag} must be >= {minimum}, got {value}')
+        return value
+    return parse
 
 
 def build_train_parser():
     parser = argparse.ArgumentParser(description='pcdet training (OpenPCDet-compatible flags)')
     _common_args(parser)
-    parser.add_argument('--epochs', type=_epochs_arg, default=None, help='default: OPTIMIZATION.NUM_EPOCHS')
-    parser.add_argument('--seed', type=_seed_arg, default=None,
+    parser.add_argument('--epochs', type=_int_at_least('--epochs', 1), default=None,
+                        help='default: OPTIMIZATION.NUM_EPOCHS')
+    parser.add_argument('--seed', type=_int_at_least('--seed', 0), default=None,
                         help='--fix_random_seed with this seed instead of 666 (seed studies; implies the flag)')
     parser.add_argument('--resume', type=str, default=None, metavar='auto|PATH',
                         help="continue a run: 'auto' = newest checkpoint in this run's ckpt/ folder, or a path")
