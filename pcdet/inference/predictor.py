@@ -28,6 +28,7 @@ from ..config import cfg_from_list, cfg_from_yaml_file
 from ..config_registry import validate_config
 from ..datasets.collate import collate_batch
 from ..datasets.processor import DataProcessor, PointFeatureEncoder
+from ..datasets.waymo.waymo_utils import points_tanh_dims
 from ..models.build import build_network_from_cfg
 from ..utils.batching import load_data_to_device
 from ..utils.checkpoint import CheckpointMismatchError, CheckpointReadError, load_params_from_file
@@ -160,10 +161,9 @@ def apply_dataset_load_transforms(points, data_cfg):
     Other datasets store model-ready values; their points are returned unchanged.
     """
     points = np.array(points, dtype=np.float32, copy=True)
-    dims = data_cfg.get('POINTS_TANH_DIM', None)
-    if dims is None and data_cfg.get('DATASET', None) == 'WaymoDataset':
-        dims = [3]
-    for dim in dims or []:
+    # The Waymo reader's own rule (one declaration of the key and its default); other datasets declare no such key.
+    dims = points_tanh_dims(data_cfg) if data_cfg.get('DATASET', None) == 'WaymoDataset' else []
+    for dim in dims:
         if not 0 <= int(dim) < points.shape[1]:
             raise PointLayoutError(f'POINTS_TANH_DIM {list(dims)} names column {dim} but points have '
                                    f'{points.shape[1]} columns')
