@@ -97,12 +97,18 @@ def strip_base_keys(block):
     return block
 
 
+def config_path(row, output_root):
+    """Where `variant_config` writes the pretraining config of `row`."""
+    return Path(output_root) / 'configs' / f'{row}.yaml'
+
+
 def variant_config(row, output_root):
     """Write the pretraining config of `row` (PRETRAIN_CFG resolved, the row's overrides applied) to
     `<output_root>/configs/<row>.yaml` and return its path. `--set` cannot do this: it only changes existing keys."""
     import yaml
 
     from pcdet.config import cfg_from_yaml_file
+    from pcdet.utils.file_utils import atomic_save_text
     cfg = strip_base_keys(cfg_from_yaml_file(PRETRAIN_CFG))
     for dotted, value in ROWS[row][1].items():
         *parents, leaf = dotted.split('.')
@@ -110,10 +116,10 @@ def variant_config(row, output_root):
         for key in parents:
             block = block[key]
         block[leaf] = value
-    path = Path(output_root) / 'configs' / f'{row}.yaml'
+    path = config_path(row, output_root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'# {ROWS[row][0]} (tools/ablate_gpicture.py: {PRETRAIN_CFG.name} + overrides)\n'
-                    + yaml.safe_dump(cfg, sort_keys=False))
+    atomic_save_text(f'# {ROWS[row][0]} (tools/ablate_gpicture.py: {PRETRAIN_CFG.name} + overrides)\n'
+                    + yaml.safe_dump(cfg, sort_keys=False), path)
     return path
 
 
@@ -129,7 +135,7 @@ def run_one(row, seed, opts):
               '--output_root', run_dir / 'output']
     finetune_extra = []
     if ROWS[row][1] is not None:
-        run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', variant_config(row, opts.output_root), '--extra_tag',
+        run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', config_path(row, opts.output_root), '--extra_tag',
              'pretrain', '--epochs', opts.pretrain_epochs, '--skip_eval', *common, '--set', *data_set(opts)],
             run_dir / 'pretrain.log', env)
         ckpt = next((run_dir / 'output').rglob(f'pretrain/ckpt/checkpoint_epoch_{opts.pretrain_epochs}.pth'))
@@ -162,7 +168,7 @@ def prepare_teachers(opts):
             teacher_keys = tuple(sorted((k, repr(v)) for k, v in ROWS[row][1].items() if k.startswith(TEACHER[:-1])))
             needed.setdefault(teacher_keys, row)
     for row in needed.values():
-        run([REPO_ROOT / 'tools' / 'prepare_seal_features.py', '--cfg_file', variant_config(row, opts.output_root),
+        run([REPO_ROOT / 'tools' / 'prepare_seal_features.py', '--cfg_file', config_path(row, opts.output_root),
              '--split', 'train', '--quiet', '--set', *data_set(opts)], Path(opts.output_root) / f'teacher_{row}.log',
             tool_env())
 
@@ -213,6 +219,9 @@ def plot(table, path):
 def main(argv=None):
     opts = parse_args(argv)
     Path(opts.output_root).mkdir(parents=True, exist_ok=True)
+    for row in opts.rows:  # once, before any job: concurrent jobs of one row must not rewrite the file under a reader
+        if ROWS[row][1] is not None:
+            variant_config(row, opts.output_root)
     prepare_teachers(opts)
     jobs = [(row, seed) for seed in opts.seeds for row in opts.rows]
     with ThreadPoolExecutor(max_workers=opts.jobs) as pool:

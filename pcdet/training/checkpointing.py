@@ -333,8 +333,10 @@ def resume_from(path_or_auto, model, optimizer=None, scheduler=None, scaler=None
             rng_state = per_rank[rank]
         elif world_size == 1 or rank == 0:
             rng_state = ckpt.get('rng_state')
-        elif per_rank is not None and logger is not None:
-            logger.warning(f'RNG state saved for {len(per_rank)} processes, now {world_size}: not restored')
+        elif logger is not None:
+            saved = f'saved for {len(per_rank)} processes, now {world_size}' if per_rank is not None else \
+                f'of rank {rank} not in the checkpoint'
+            logger.warning(f'RNG state {saved}: not restored, so this resume is not bit-identical')
         if rng_state is not None:
             names = set_rng_state(rng_state)
             info.restored.append(f'rng_state ({", ".join(names)})')

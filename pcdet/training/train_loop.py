@@ -102,6 +102,10 @@ def _mixed_seed(data_seed, epoch, stream):
 def set_epoch_order(train_loader, train_sampler, epoch, data_seed):
     """Make the epoch's sample order, worker seeds and (SeededBatchSampler) per-sample augmentation seeds functions of
     `(data_seed, epoch)` (see module docstring)."""
+    if train_sampler is not None and data_seed is not None and hasattr(train_sampler, 'seed'):
+        # DistributedSampler shuffles with seed + epoch: without this every --seed would share one DDP order.
+        # data_seed is the same on every rank (tools/train.py), as the shards require.
+        train_sampler.seed = _mixed_seed(data_seed, 0, 2)
     if train_sampler is not None and hasattr(train_sampler, 'set_epoch'):
         train_sampler.set_epoch(epoch)
     if not isinstance(train_loader, DataLoader) or data_seed is None:
@@ -290,7 +294,11 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
             bad = ~torch.isfinite(loss_d)
             if not use_fp16_scaler:  # fp16 overflow is routine: the GradScaler skips and lowers the scale
                 bad = bad | ~torch.isfinite(grad_norm.to(loss_d.device))
-            bad = bad.float().reshape(1)
+            # [non-finite, latest checkpoint due]: rank 0's timer decides the latest save, and the same all-reduce
+            # tells every rank, so all of them take part in gathering their RNG states for it (exact DDP resume).
+            latest_due = (is_main and ckpt_save_dir is not None and ckpt_save_time_interval is not None
+                          and time.time() - last_latest_save >= ckpt_save_time_interval)
+            bad = torch.stack([bad.float().reshape(()), torch.tensor(float(latest_due), device=bad.device)])
             if distributed:
                 torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
             tb_tensor_keys = [k for k, v in (tb_dict or {}).items()
@@ -298,6 +306,7 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
             stats = torch.cat([loss_d.reshape(1), grad_norm.detach().float().reshape(1).to(loss_d.device), bad]
                               + [tb_dict[k].detach().float().reshape(1) for k in tb_tensor_keys]).cpu()
             loss_value, grad_norm_value, skip = float(stats[0]), float(stats[1]), bool(stats[2] > 0)
+            save_latest = bool(stats[3] > 0)
 
             if skip:
                 result.skipped_steps += 1
@@ -326,7 +335,7 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
             end = time.time()
 
             if is_main:
-                tb_values = {k: float(v) for k, v in zip(tb_tensor_keys, stats[3:].tolist())}
+                tb_values = {k: float(v) for k, v in zip(tb_tensor_keys, stats[4:].tolist())}
                 for key, value in (tb_dict or {}).items():
                     if key not in tb_values:
                         try:
@@ -363,13 +372,16 @@ def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_
                         f'  Batch time: {batch_time.value:.2f}({batch_time.avg:.2f})'
                         + (f'  Skipped: {result.skipped_steps}' if result.skipped_steps else '')
                         + (f'  {extra}' if extra else ''))
-                if (ckpt_save_dir is not None and ckpt_save_time_interval is not None
-                        and time.time() - last_latest_save >= ckpt_save_time_interval):
+            if save_latest:
+                per_rank_rng = gather_rng_states() if distributed else None  # collective: every rank is here
+                if is_main:
                     state = checkpoint_state(model, optimizer, cur_epoch, accumulated_iter, lr_scheduler, scaler)
                     state['data_seed'] = data_seed
+                    if per_rank_rng is not None:
+                        state['rng_state_per_rank'] = per_rank_rng
                     save_checkpoint(state, ckpt_save_dir / LATEST_NAME)
                     logger.info(f'Saved {ckpt_save_dir / LATEST_NAME} (epoch {cur_epoch}, it {accumulated_iter})')
-                    last_latest_save = time.time()
+                last_latest_save = time.time()
         if pbar is not None:
             pbar.close()
 

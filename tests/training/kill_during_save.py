@@ -29,7 +29,10 @@ def main():
             with atomic_write(filename, 'wb') as handle:
                 handle.write(b'PK\x03\x04 first bytes of a checkpoint')
                 handle.flush()
-                os.kill(os.getpid(), signal.SIGKILL)
+                # the whole job, DataLoader workers included, as `kill -9` of a job (or a scheduler) does: a lone
+                # SIGKILL of the main process leaves its workers blocked on a full pipe forever. The test starts
+                # this script in its own session, so the group is this run alone.
+                os.killpg(os.getpgid(0), signal.SIGKILL)
         return real_save(state, filename)
 
     train_loop.save_checkpoint = save_or_die

@@ -47,7 +47,7 @@ def _run(model, loader, sampler, ckpt_dir, rank, logger):
     scheduler = build_scheduler(optimizer, len(loader), EPOCHS, cfg)
     return train_model(model, optimizer, loader, model_func, scheduler, cfg, 0, EPOCHS, 0, rank=rank, tb_log=None,
                        ckpt_save_dir=ckpt_dir, train_sampler=sampler, logger=logger, show_progress=False,
-                       data_seed=0)
+                       data_seed=0, ckpt_save_time_interval=0)  # latest_model.pth after every iteration
 
 
 def _eval(model, world_size, rank, result_dir, dist_test, logger):
@@ -108,6 +108,25 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 
     ckpt = torch.load(tmp_path / 'ckpt' / f'checkpoint_epoch_{EPOCHS}.pth', weights_only=True)
     assert len(ckpt['rng_state_per_rank']) == 2 and not any(k.startswith('module.') for k in ckpt['model_state'])
+    # the mid-epoch latest checkpoint carries every rank's RNG too (else rank 1 resumes with a fresh RNG)
+    latest = torch.load(tmp_path / 'ckpt' / 'latest_model.pth', weights_only=True)
+    assert len(latest['rng_state_per_rank']) == 2
+
+
+def test_distributed_sample_order_follows_the_data_seed():
+    """DistributedSampler shuffles with its own `seed` (default 0): set_epoch_order derives it from the data seed,
+    so two --seed runs see different orders, while both ranks of one run still split one permutation."""
+    from pcdet.training.train_loop import set_epoch_order
+    dataset = RegressionDataset(n=16, augment=False)
+
+    def order(data_seed, rank, epoch=0):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True)
+        set_epoch_order(None, sampler, epoch, data_seed)
+        return list(sampler)
+    assert order(1, 0) != order(2, 0)
+    assert order(1, 0) == order(1, 0)
+    assert sorted(order(1, 0) + order(1, 1)) == list(range(16))  # the two shards partition the data set
+    assert order(1, 0, epoch=0) != order(1, 0, epoch=1)
 
 
 def test_merge_sharded_results_restores_order():

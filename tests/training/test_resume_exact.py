@@ -56,8 +56,9 @@ def run_train(tag, output_root, data_path, extra, log_path, wrapper=()):
             *EXACT_RESUME_FLAGS, *extra, '--set', 'DATA_CONFIG.DATA_PATH', str(data_path)]
     env = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', OMP_WAIT_POLICY='PASSIVE', PYTHONHASHSEED='0')
     with open(log_path, 'w') as log:
-        proc = subprocess.run(args, cwd=REPO_ROOT, env=env, stdout=log,
-                              stderr=subprocess.STDOUT, timeout=900, check=False)
+        # own session: kill_during_save.py SIGKILLs its whole process group (the run and its DataLoader workers)
+        proc = subprocess.run(args, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=900,
+                              check=False, start_new_session=True)
     return proc.returncode, Path(log_path).read_text(errors='replace')
 
 

@@ -66,6 +66,11 @@ def test_resume_after_epoch_reproduces_uninterrupted_run_bitwise(tmp_path):
     assert [e for e, _ in epoch_checkpoints(tmp_path / 'full')] == [1, 2, 3]
     tags = {t for t, _, _ in tb.scalars}
     assert {'train/loss', 'meta_data/learning_rate', 'train/mse', 'train/const', 'train/grad_norm'} <= tags
+    by_step = {}
+    for tag, value, step in tb.scalars:
+        by_step.setdefault(step, {})[tag] = value
+    # the stand-in's tensor 'mse' is its loss: each step's value must land under its own tag (stats unpacking)
+    assert all(v['train/mse'] == pytest.approx(v['train/loss']) for v in by_step.values() if 'train/mse' in v)
     assert int(model.global_step) == 0  # update_global_step is model_func's business (stand-in does not call it)
 
     # crash in the first iteration of epoch 2 (after checkpoint_epoch_1 was written), then resume from it
