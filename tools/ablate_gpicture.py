@@ -2,7 +2,8 @@
 nuScenes DetectionEval; mean +- std per row, a Markdown table and a bar chart.
 
     python tools/ablate_gpicture.py --data_path data/synthetic_nuscenes --version v1.0-trainval \
-        --seeds 0 1 2 --rows scratch full points_only --jobs 2 --out docs/gpicture_ablation
+        --seeds 0 1 2 --rows scratch full points_only --jobs 2 \
+        --out_md docs/gpicture_ablation.md --out_png docs/images/gpicture_ablation.png
 
 Every run goes through the real tools in subprocesses (train.py / test.py / prepare_seal_features.py), one torch
 thread each, `--jobs` at a time. Each finished (row, seed) writes `<output_root>/ablation/<row>/seed<k>/result.json`;
@@ -64,7 +65,8 @@ def parse_args(argv=None):
     parser.add_argument('--finetune_epochs', type=int, default=60)
     parser.add_argument('--jobs', type=int, default=2, help='runs at a time (one torch thread each)')
     parser.add_argument('--output_root', default=str(REPO_ROOT / 'output' / 'ablation'))
-    parser.add_argument('--out', default=None, help='write <out>.md (table) and <out>.png (chart)')
+    parser.add_argument('--out_md', default=None, help='write the Markdown table here')
+    parser.add_argument('--out_png', default=None, help='write the bar chart here')
     parser.add_argument('--extra_set', nargs='*', default=[], help='more --set pairs for every run')
     return parser.parse_args(argv)
 
@@ -229,10 +231,12 @@ def main(argv=None):
     table = summarise(results, opts.rows)
     text = markdown(table, opts)
     print(text)
-    if opts.out:
-        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(f'{opts.out}.md').write_text(text)
-        plot(table, f'{opts.out}.png')
+    if opts.out_md:
+        Path(opts.out_md).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out_md).write_text(text)
+    if opts.out_png:
+        Path(opts.out_png).parent.mkdir(parents=True, exist_ok=True)
+        plot(table, opts.out_png)
 
 
 if __name__ == '__main__':

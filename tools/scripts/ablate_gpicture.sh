@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPICTURE ablation in miniature (docs/GPICTURE.md "Ablation"): synthetic nuScenes-format trainval set (the CI
 # transfer test's 30 scenes x 4 key frames) -> infos -> tools/ablate_gpicture.py over every row and 3 seeds ->
-# docs/gpicture_ablation.md (mean ± std table) and docs/gpicture_ablation.png.
+# docs/gpicture_ablation.md (mean ± std table) and docs/images/gpicture_ablation.png.
 #
 # Long: about 8 CPU-minutes per (row, seed) with a pretraining, 9 rows x 3 seeds; two runs at a time on 2 cores
 # take ~2 hours. Resumable: finished (row, seed) runs are kept under output/ablation and skipped on a rerun.
@@ -26,4 +26,5 @@ if [ -n "${PCDET_ABLATION_ROWS:-}" ]; then read -r -a ROWS <<< "$PCDET_ABLATION_
 read -r -a SEEDS <<< "${PCDET_ABLATION_SEEDS:-0 1 2}"
 python tools/ablate_gpicture.py --data_path "$DATA_PATH" --version "$VERSION" "${ROWS[@]}" --seeds "${SEEDS[@]}" \
   --jobs "${PCDET_ABLATION_JOBS:-2}" --pretrain_epochs "${PCDET_ABLATION_PRETRAIN_EPOCHS:-16}" \
-  --finetune_epochs "${PCDET_ABLATION_FINETUNE_EPOCHS:-60}" --output_root output/ablation --out docs/gpicture_ablation
+  --finetune_epochs "${PCDET_ABLATION_FINETUNE_EPOCHS:-60}" --output_root output/ablation \
+  --out_md docs/gpicture_ablation.md --out_png docs/images/gpicture_ablation.png
