@@ -1,19 +1,22 @@
-"""GPICTURE ablation in miniature: each pretext variant x several seeds -> 10%-label detection fine-tune -> official
-nuScenes DetectionEval; mean +- std per row, a Markdown table and a bar chart.
+"""GPICTURE ablation in miniature: each pretext variant x several seeds -> 10%-label fine-tune of one or more tasks
+(detection, segmentation, occupancy) -> the task's official evaluation; mean +- std per row, a Markdown table and a
+bar chart per task.
 
     python tools/ablate_gpicture.py --data_path data/synthetic_nuscenes --version v1.0-trainval \
-        --seeds 0 1 2 --rows scratch full points_only --jobs 2 \
+        --seeds 0 1 2 --rows scratch full points_only --jobs 2 --tasks detection \
         --out_md docs/gpicture_ablation.md --out_png docs/images/gpicture_ablation.png
 
 Every run goes through the real tools in subprocesses (train.py / test.py / prepare_seal_features.py), one torch
-thread each, `--jobs` at a time. Each finished (row, seed) writes `<output_root>/ablation/<row>/seed<k>/result.json`;
-a rerun skips finished runs, so the study resumes after an interruption. The data set (synthetic nuScenes-format,
-infos) must exist; teacher features are prepared per teacher variant when missing (resumable).
+thread each, `--jobs` at a time. A (row, seed) pretraining is shared by every task and lives in
+`<output_root>/pretrain/<row>/seed<k>/`; each finished fine-tune writes
+`<output_root>/<task>/<row>/seed<k>/result.json`. A rerun skips finished work, so the study resumes after an
+interruption. The data set (synthetic nuScenes-format, infos; occupancy ground truth for the occupancy task) must
+exist; teacher features are prepared per teacher variant when missing (resumable).
 
 Rows (ROWS below): the pretraining config `gpicture_tiny_synthetic_pretrain.yaml` with overrides (written to
-`<output_root>/configs/<row>.yaml`), or no
-pretraining (scratch); every fine-tune is `gpicture_tiny_synthetic_finetune.yaml` with the same schedule. A seed
-changes the pretraining and the fine-tune (`train.py --seed`): weights, data order and augmentation.
+`<output_root>/configs/<row>.yaml`), or no pretraining (scratch); every fine-tune of a task is its config in TASKS with
+the same schedule. A seed changes the pretraining and the fine-tune (`train.py --seed`): weights, data order and
+augmentation. With several tasks, `--out_md` / `--out_png` get the task name inserted before the suffix.
 """
 import argparse
 import json
@@ -52,7 +55,31 @@ ROWS = {
     'noisy_50': ('noisy oracle: 50% of the points get a wrong class code',
                  {TEACHER + 'LABEL_NOISE': 0.5, TEACHER + 'FEATURE_DIR': 'teacher_features/noisy_50'}),
 }
-METRICS = (('mAP', 'mean_ap'), ('NDS', 'nd_score'), ('car AP', None))
+
+
+def detection_metrics(eval_dir):
+    summary = json.loads((eval_dir / 'final_result' / 'data' / 'metrics_summary.json').read_text())
+    return {'mAP': summary['mean_ap'], 'NDS': summary['nd_score'], 'car AP': summary['mean_dist_aps']['car']}
+
+
+def evaluator_metrics(keys):
+    """Reader of the metrics file the segmentation / occupancy evaluators write: {column: metric key}."""
+    def read(eval_dir):
+        metrics = json.loads((eval_dir / 'final_result' / 'data' / 'metrics.json').read_text())
+        return {column: metrics[key] for column, key in keys.items()}
+    return read
+
+
+# task -> (fine-tune config, metric columns, reader of tools/test.py's output folder, what scores it)
+TASKS = {
+    'detection': (FINETUNE_CFG, ('mAP', 'NDS', 'car AP'), detection_metrics, 'official nuScenes DetectionEval'),
+    'segmentation': (CFG_DIR / 'gpicture_tiny_synthetic_segmentation.yaml', ('mIoU', 'fwIoU'),
+                     evaluator_metrics({'mIoU': 'lidarseg/mIoU', 'fwIoU': 'lidarseg/fwIoU'}),
+                     "nuscenes-devkit's LidarSegEval"),
+    'occupancy': (CFG_DIR / 'gpicture_tiny_synthetic_occupancy.yaml', ('SSC mIoU', 'SC IoU'),
+                  evaluator_metrics({'SSC mIoU': 'occupancy/SSC_mIoU_present', 'SC IoU': 'occupancy/SC_IoU'}),
+                  "OpenOccupancy's SC IoU / SSC mIoU (mean over the classes present)"),
+}
 
 
 def parse_args(argv=None):
@@ -62,6 +89,7 @@ def parse_args(argv=None):
     parser.add_argument('--rows', nargs='+', default=list(ROWS), choices=list(ROWS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     parser.add_argument('--pretrain_epochs', type=int, default=16)
+    parser.add_argument('--tasks', nargs='+', default=['detection'], choices=list(TASKS))
     parser.add_argument('--finetune_epochs', type=int, default=60)
     parser.add_argument('--jobs', type=int, default=2, help='runs at a time (one torch thread each)')
     parser.add_argument('--output_root', default=str(REPO_ROOT / 'output' / 'ablation'))
@@ -125,41 +153,61 @@ def variant_config(row, output_root):
     return path
 
 
-def run_one(row, seed, opts):
-    """Pretrain (unless scratch), fine-tune, evaluate one (row, seed); -> result dict (cached in result.json)."""
-    run_dir = Path(opts.output_root) / row / f'seed{seed}'
-    result_file = run_dir / 'result.json'
-    if result_file.is_file():
-        return json.loads(result_file.read_text())
+def pretrain(row, seed, opts, env):
+    """The (row, seed) pretraining shared by every task -> its last checkpoint (None for scratch); resumable."""
+    if ROWS[row][1] is None:
+        return None
+    run_dir = Path(opts.output_root) / 'pretrain' / row / f'seed{seed}'
+    done = list((run_dir / 'output').rglob(f'pretrain/ckpt/checkpoint_epoch_{opts.pretrain_epochs}.pth'))
+    if done and (run_dir / 'done').is_file():
+        return done[0]
     run_dir.mkdir(parents=True, exist_ok=True)
-    env, start = tool_env(), time.monotonic()
-    common = ['--workers', '0', '--seed', seed, '--use_tqdm_to_record', '--overwrite',
-              '--output_root', run_dir / 'output']
-    finetune_extra = []
-    if ROWS[row][1] is not None:
-        run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', config_path(row, opts.output_root), '--extra_tag',
-             'pretrain', '--epochs', opts.pretrain_epochs, '--skip_eval', *common, '--set', *data_set(opts)],
-            run_dir / 'pretrain.log', env)
-        ckpt = next((run_dir / 'output').rglob(f'pretrain/ckpt/checkpoint_epoch_{opts.pretrain_epochs}.pth'))
-        finetune_extra = ['--pretrained_model', ckpt]
-    run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', FINETUNE_CFG, '--extra_tag', 'finetune',
-         '--epochs', opts.finetune_epochs, '--skip_eval', *common, *finetune_extra, '--set', *data_set(opts)],
-        run_dir / 'finetune.log', env)
-    finetune_dir = next((run_dir / 'output').rglob('finetune/ckpt')).parent
-    run([REPO_ROOT / 'tools' / 'test.py', '--cfg_file', FINETUNE_CFG, '--extra_tag', 'finetune', '--workers', '0',
-         '--output_root', run_dir / 'output', '--ckpt',
-         finetune_dir / 'ckpt' / f'checkpoint_epoch_{opts.finetune_epochs}.pth', '--set', *data_set(opts)],
-        run_dir / 'test.log', env)
-    summary = json.loads(next(finetune_dir.glob(f'eval/epoch_{opts.finetune_epochs}/*/default/final_result/data/'
-                                                'metrics_summary.json')).read_text())
-    result = {'row': row, 'seed': seed, 'mAP': summary['mean_ap'], 'NDS': summary['nd_score'],
-              'car AP': summary['mean_dist_aps']['car'], 'seconds': round(time.monotonic() - start)}
-    tmp = result_file.with_suffix('.tmp')
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(result_file)
-    print(f'{row:>13} seed {seed}: mAP {result["mAP"]:.4f}  NDS {result["NDS"]:.4f}  car AP {result["car AP"]:.4f}'
-          f'  ({result["seconds"]} s)', flush=True)
-    return result
+    run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', config_path(row, opts.output_root), '--extra_tag',
+         'pretrain', '--epochs', opts.pretrain_epochs, '--skip_eval', *common_args(seed, run_dir), '--set',
+         *data_set(opts)], run_dir / 'pretrain.log', env)
+    (run_dir / 'done').write_text('')
+    return next((run_dir / 'output').rglob(f'pretrain/ckpt/checkpoint_epoch_{opts.pretrain_epochs}.pth'))
+
+
+def common_args(seed, run_dir):
+    return ['--workers', '0', '--seed', seed, '--use_tqdm_to_record', '--overwrite', '--output_root',
+            run_dir / 'output']
+
+
+def run_one(row, seed, opts, tasks=None):
+    """Pretrain (unless scratch; shared by the tasks), fine-tune and evaluate each task for one (row, seed);
+    -> list of result dicts (each cached in its result.json)."""
+    env, results = tool_env(), []
+    for task in tasks or opts.tasks:
+        run_dir = Path(opts.output_root) / task / row / f'seed{seed}'
+        result_file = run_dir / 'result.json'
+        if result_file.is_file():
+            results.append(json.loads(result_file.read_text()))
+            continue
+        start = time.monotonic()
+        ckpt = pretrain(row, seed, opts, env)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_file, _, read_metrics, _ = TASKS[task]
+        finetune_extra = ['--pretrained_model', ckpt] if ckpt is not None else []
+        run([REPO_ROOT / 'tools' / 'train.py', '--cfg_file', cfg_file, '--extra_tag', 'finetune',
+             '--epochs', opts.finetune_epochs, '--skip_eval', *common_args(seed, run_dir), *finetune_extra,
+             '--set', *data_set(opts)], run_dir / 'finetune.log', env)
+        finetune_dir = next((run_dir / 'output').rglob('finetune/ckpt')).parent
+        run([REPO_ROOT / 'tools' / 'test.py', '--cfg_file', cfg_file, '--extra_tag', 'finetune', '--workers', '0',
+             '--output_root', run_dir / 'output', '--ckpt',
+             finetune_dir / 'ckpt' / f'checkpoint_epoch_{opts.finetune_epochs}.pth', '--set', *data_set(opts)],
+            run_dir / 'test.log', env)
+        eval_dir = next(finetune_dir.glob(f'eval/epoch_{opts.finetune_epochs}/*/default'))
+        result = {'task': task, 'row': row, 'seed': seed, **read_metrics(eval_dir),
+                  'seconds': round(time.monotonic() - start)}
+        tmp = result_file.with_suffix('.tmp')
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(result_file)
+        print(f'{task:>12} {row:>13} seed {seed}: ' + '  '.join(f'{name} {result[name]:.4f}'
+                                                                for name in TASKS[task][1])
+              + f'  ({result["seconds"]} s)', flush=True)
+        results.append(result)
+    return results
 
 
 def prepare_teachers(opts):
@@ -175,47 +223,55 @@ def prepare_teachers(opts):
             tool_env())
 
 
-def summarise(results, rows):
-    """{row: {metric: (mean, std, n)}} over seeds (sample std; 0 for one seed)."""
+def summarise(results, rows, task='detection'):
+    """{row: {metric: (mean, std, n)}} over seeds (sample std; 0 for one seed) of one task's results."""
     table = {}
     for row in rows:
-        runs = [r for r in results if r['row'] == row]
+        runs = [r for r in results if r['row'] == row and r.get('task', 'detection') == task]
         if runs:
             table[row] = {name: (statistics.mean(r[name] for r in runs),
                                  statistics.stdev(r[name] for r in runs) if len(runs) > 1 else 0.0, len(runs))
-                          for name, _ in METRICS}
+                          for name in TASKS[task][1]}
     return table
 
 
-def markdown(table, opts):
-    lines = [f'| row | what | seeds | {" | ".join(name for name, _ in METRICS)} |',
-             '|---|---|---|' + '---|' * len(METRICS)]
+def markdown(table, opts, task='detection'):
+    metrics = TASKS[task][1]
+    lines = [f'| row | what | seeds | {" | ".join(metrics)} |', '|---|---|---|' + '---|' * len(metrics)]
     for row, stats in table.items():
-        cells = ' | '.join(f'{stats[name][0]:.3f} ± {stats[name][1]:.3f}' for name, _ in METRICS)
-        lines.append(f'| {row} | {ROWS[row][0]} | {stats[METRICS[0][0]][2]} | {cells} |')
+        cells = ' | '.join(f'{stats[name][0]:.3f} ± {stats[name][1]:.3f}' for name in metrics)
+        lines.append(f'| {row} | {ROWS[row][0]} | {stats[metrics[0]][2]} | {cells} |')
     lines.append('')
-    lines.append(f'Pretraining {opts.pretrain_epochs} epochs, fine-tune {opts.finetune_epochs} epochs on every 10th '
-                 f'train frame, official nuScenes DetectionEval on the val split; mean ± sample std over seeds '
+    lines.append(f'{task.capitalize()}: pretraining {opts.pretrain_epochs} epochs, fine-tune {opts.finetune_epochs} '
+                 f'epochs on every 10th train frame, {TASKS[task][3]} on the val split; mean ± sample std over seeds '
                  f'{opts.seeds}.')
     return '\n'.join(lines) + '\n'
 
 
-def plot(table, path):
+def plot(table, path, task='detection'):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    rows = list(table)
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6), sharey=False)
-    for ax, (name, _) in zip(axes, METRICS):
+    rows, metrics = list(table), TASKS[task][1]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), sharey=False, squeeze=False)
+    for ax, name in zip(axes[0], metrics):
         means = [table[row][name][0] for row in rows]
         stds = [table[row][name][1] for row in rows]
         ax.bar(range(len(rows)), means, yerr=stds, capsize=3, color=['#999999' if r == 'scratch' else '#3b75af'
                                                                     for r in rows])
         ax.set_xticks(range(len(rows)), rows, rotation=45, ha='right', fontsize=8)
         ax.set_title(name)
-    fig.suptitle('GPICTURE ablation (synthetic nuScenes, 10% labels): mean ± std over seeds', fontsize=10)
+    fig.suptitle(f'GPICTURE ablation, {task} (synthetic nuScenes, 10% labels): mean ± std over seeds', fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def output_path(path, task, opts):
+    """`path` itself for a single task, else with `_<task>` before the suffix."""
+    if path is None or len(opts.tasks) == 1:
+        return path
+    path = Path(path)
+    return path.with_name(f'{path.stem}_{task}{path.suffix}')
 
 
 def main(argv=None):
@@ -227,16 +283,18 @@ def main(argv=None):
     prepare_teachers(opts)
     jobs = [(row, seed) for seed in opts.seeds for row in opts.rows]
     with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-        results = list(pool.map(lambda job: run_one(*job, opts), jobs))
-    table = summarise(results, opts.rows)
-    text = markdown(table, opts)
-    print(text)
-    if opts.out_md:
-        Path(opts.out_md).parent.mkdir(parents=True, exist_ok=True)
-        Path(opts.out_md).write_text(text)
-    if opts.out_png:
-        Path(opts.out_png).parent.mkdir(parents=True, exist_ok=True)
-        plot(table, opts.out_png)
+        results = [result for batch in pool.map(lambda job: run_one(*job, opts), jobs) for result in batch]
+    for task in opts.tasks:
+        table = summarise(results, opts.rows, task)
+        text = markdown(table, opts, task)
+        print(text)
+        out_md, out_png = output_path(opts.out_md, task, opts), output_path(opts.out_png, task, opts)
+        if out_md:
+            Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_md).write_text(text)
+        if out_png:
+            Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+            plot(table, out_png, task)
 
 
 if __name__ == '__main__':

@@ -65,3 +65,22 @@ def test_summary_is_mean_and_sample_std_over_seeds(ablate):
     assert math.isclose(std, math.sqrt(((0.1 - 0.3) ** 2 + (0.2 - 0.3) ** 2 + (0.6 - 0.3) ** 2) / 2))
     assert table['full']['NDS'][:2] == (pytest.approx(0.2), 0.0)
     assert table['scratch']['car AP'] == (0.0, 0.0, 1)
+
+
+def test_summary_of_one_task_ignores_the_other_tasks_results(ablate):
+    results = [{'task': 'segmentation', 'row': 'full', 'seed': s, 'mIoU': m, 'fwIoU': 0.5}
+               for s, m in enumerate([0.2, 0.4])]
+    results.append({'task': 'occupancy', 'row': 'full', 'seed': 0, 'SSC mIoU': 0.9, 'SC IoU': 0.9})
+    table = ablate.summarise(results, ['full'], 'segmentation')
+    assert set(table['full']) == {'mIoU', 'fwIoU'}
+    assert table['full']['mIoU'][0] == pytest.approx(0.3) and table['full']['mIoU'][2] == 2
+    assert ablate.summarise(results, ['full'], 'detection') == {}
+
+
+def test_output_names_get_the_task_only_when_several_tasks_run(ablate):
+    class Opts:
+        tasks = ['detection', 'occupancy']
+    assert ablate.output_path('docs/a.md', 'occupancy', Opts).name == 'a_occupancy.md'
+    Opts.tasks = ['occupancy']
+    assert str(ablate.output_path('docs/a.md', 'occupancy', Opts)) == 'docs/a.md'
+    assert ablate.output_path(None, 'occupancy', Opts) is None

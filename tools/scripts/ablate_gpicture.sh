@@ -6,7 +6,8 @@
 # Long: about 8 CPU-minutes per (row, seed) with a pretraining, 9 rows x 3 seeds; two runs at a time on 2 cores
 # take ~2 hours. Resumable: finished (row, seed) runs are kept under output/ablation and skipped on a rerun.
 # Knobs: PCDET_ABLATION_ROWS (default: all), PCDET_ABLATION_SEEDS ("0 1 2"), PCDET_ABLATION_JOBS (2),
-# PCDET_ABLATION_FINETUNE_EPOCHS (60), PCDET_ABLATION_PRETRAIN_EPOCHS (16).
+# PCDET_ABLATION_FINETUNE_EPOCHS (60), PCDET_ABLATION_PRETRAIN_EPOCHS (16), PCDET_ABLATION_TASKS ("detection"; with
+# "segmentation occupancy" the same pretrainings are fine-tuned for those tasks, docs/SEGMENTATION_OCCUPANCY.md).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 source "$REPO_ROOT/tools/scripts/setup_env.sh"
@@ -24,7 +25,8 @@ fi
 ROWS=()
 if [ -n "${PCDET_ABLATION_ROWS:-}" ]; then read -r -a ROWS <<< "$PCDET_ABLATION_ROWS"; ROWS=(--rows "${ROWS[@]}"); fi
 read -r -a SEEDS <<< "${PCDET_ABLATION_SEEDS:-0 1 2}"
-python tools/ablate_gpicture.py --data_path "$DATA_PATH" --version "$VERSION" "${ROWS[@]}" --seeds "${SEEDS[@]}" \
+read -r -a TASKS <<< "${PCDET_ABLATION_TASKS:-detection}"
+python tools/ablate_gpicture.py --data_path "$DATA_PATH" --version "$VERSION" "${ROWS[@]}" --seeds "${SEEDS[@]}" --tasks "${TASKS[@]}" \
   --jobs "${PCDET_ABLATION_JOBS:-2}" --pretrain_epochs "${PCDET_ABLATION_PRETRAIN_EPOCHS:-16}" \
   --finetune_epochs "${PCDET_ABLATION_FINETUNE_EPOCHS:-60}" --output_root output/ablation \
   --out_md docs/gpicture_ablation.md --out_png docs/images/gpicture_ablation.png
