@@ -68,9 +68,14 @@ DETECTION_KINDS = ('car', 'truck', 'construction_vehicle', 'bus', 'trailer', 'ba
                    'pedestrian', 'traffic_cone')
 IGNORE_KINDS = ('animal', 'pushable_pullable')
 
-# Static world parts that are not annotated objects. 'road' / 'sidewalk' are the ground plane on / off the road.
-SURFACE_KINDS = ('road', 'sidewalk', 'wall', 'pole', 'vegetation')
-SURFACE_REFLECTIVITY = {'road': 8.0, 'sidewalk': 25.0, 'wall': 45.0, 'pole': 90.0, 'vegetation': 18.0}
+# Static world parts that are not annotated objects. 'road', 'sidewalk', 'terrain' and 'island' are parts of the
+# ground plane (`scene.Scene.ground_semantic`): the road around the ego path, sidewalks beside it, terrain (grass,
+# soil) beyond the sidewalks, and traffic islands along the road edges.
+SURFACE_KINDS = ('road', 'sidewalk', 'wall', 'pole', 'vegetation', 'terrain', 'island')
+# 'terrain' and 'island' reflect like the ground they were cut from ('sidewalk' and 'road'), so adding them changed
+# point labels only, never intensities.
+SURFACE_REFLECTIVITY = {'road': 8.0, 'sidewalk': 25.0, 'wall': 45.0, 'pole': 90.0, 'vegetation': 18.0,
+                        'terrain': 25.0, 'island': 8.0}
 
 # Per-point semantic label space of the ray caster: index into this tuple.
 SEMANTIC_CLASSES = SURFACE_KINDS + tuple(kind.name for kind in OBJECT_KINDS)

@@ -23,7 +23,7 @@ def read_manifest(manifest_path):
     return json.loads(manifest_path.read_text())
 
 
-def prepare_output(dataroot, manifest_path, arguments, overwrite, foreign_marker_glob):
+def prepare_output(dataroot, manifest_path, arguments, overwrite, foreign_marker_glob, generator=None):
     """Decide whether to write, cleaning up a previous synthetic run when needed.
 
     Args:
@@ -33,6 +33,8 @@ def prepare_output(dataroot, manifest_path, arguments, overwrite, foreign_marker
         overwrite: regenerate even when an identical complete dataset exists.
         foreign_marker_glob: glob (relative to the manifest's folder) whose matches, without a manifest, mean
             the folder holds a dataset we did not write.
+        generator: when given, a complete dataset only counts as identical if its manifest names this generator
+            (a new generator version writes other files for the same arguments).
     Returns:
         True to generate, False to skip (an identical complete dataset is already there).
     Raises:
@@ -47,20 +49,28 @@ def prepare_output(dataroot, manifest_path, arguments, overwrite, foreign_marker
                 f'{manifest_path.parent} already holds dataset tables ({foreign[0].name}, ...) that were not written '
                 f'by the synthetic generator (no {manifest_path.name}); choose another --root or remove them')
         return True
-    if manifest.get('status') == 'complete' and manifest.get('arguments') == arguments and not overwrite:
+    same_generator = generator is None or manifest.get('generator') == generator
+    if manifest.get('status') == 'complete' and manifest.get('arguments') == arguments and same_generator \
+            and not overwrite:
         return False
     remove_listed_files(dataroot, manifest.get('files', []))
     return True
 
 
 def remove_listed_files(dataroot, relative_paths):
-    """Delete the listed files under `dataroot` (missing ones are fine; nothing outside `dataroot` is touched)."""
+    """Delete the listed files under `dataroot`, then the folders they leave empty (missing files are fine;
+    nothing outside `dataroot` is touched)."""
     dataroot = Path(dataroot).resolve()
+    folders = set()
     for relative in relative_paths:
         path = (dataroot / relative).resolve()
         if dataroot not in path.parents:
             raise ValueError(f'manifest entry {relative!r} points outside {dataroot}')
         path.unlink(missing_ok=True)
+        folders.update(parent for parent in path.parents if dataroot in parent.parents)
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):  # deepest first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def write_manifest(manifest_path, generator, arguments, files, status):

@@ -33,6 +33,13 @@ def parse_args(argv=None):
     parser.add_argument('--val_fraction', type=float, default=defaults.val_fraction)
     parser.add_argument('--no_lidar_tilt', action='store_true',
                         help='yaw-only LIDAR_TOP extrinsics (default: the real ~1.4 degree roll / pitch)')
+    occupancy = parser.add_mutually_exclusive_group()
+    occupancy.add_argument('--with_occupancy', dest='with_occupancy', action='store_true',
+                           default=defaults.with_occupancy,
+                           help='also write nuScenes-Occupancy (OpenOccupancy) ground truth and occ infos '
+                                f'(default: {"on" if defaults.with_occupancy else "off"})')
+    occupancy.add_argument('--no_occupancy', dest='with_occupancy', action='store_false',
+                           help='do not write occupancy ground truth')
     parser.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1),
                         help='parallel processes (does not change the output)')
     parser.add_argument('--overwrite', action='store_true',
@@ -47,7 +54,7 @@ def main(argv=None):
         root=args.root, version=args.version, num_scenes=args.num_scenes, samples_per_scene=args.samples_per_scene,
         sweeps_before_first=args.sweeps_before_first, azimuth_steps=args.azimuth_steps,
         num_objects=args.num_objects, seed=args.seed, val_fraction=args.val_fraction,
-        lidar_tilt=not args.no_lidar_tilt)
+        lidar_tilt=not args.no_lidar_tilt, with_occupancy=args.with_occupancy)
     try:  # bad arguments and a foreign dataset in --root are user errors: a message, no traceback
         config.validate()
         select_scene_names(config.version, config.num_scenes, config.val_fraction)
@@ -66,6 +73,9 @@ def main(argv=None):
         print(f'wrote {summary["num_scenes"]} scenes ({summary["num_key_frames"]} key frames, {summary["num_sweeps"]} '
               f'sweeps, {summary["mean_points_per_scan"]:.0f} points/scan) to {summary["dataroot"]} in '
               f'{summary["seconds"]:.1f} s; train: {summary["train_scenes"]}, val: {summary["val_scenes"]}')
+        if summary['mean_occupied_voxels'] is not None:
+            print(f'occupancy: {summary["mean_occupied_voxels"]:.0f} occupied voxels per key frame, '
+                  f'{summary["occupancy_seconds_per_key_frame"]:.3f} s per key frame')
         for split, classes in summary['classes_without_points'].items():
             if classes:
                 print(f'warning: no {split} annotation of {classes} has LiDAR points; try more scenes or objects '

@@ -24,10 +24,30 @@ LIDARSEG_CATEGORIES = (
     'static.other', 'static.vegetation', 'vehicle.ego',
 )
 
-# Surface kinds of the simulator -> lidarseg category (poles are 'static.manmade' in nuScenes-lidarseg too).
+# Surface kinds of the simulator -> lidarseg category (poles are 'static.manmade' in nuScenes-lidarseg too;
+# traffic islands are 'flat.other': "elevated parts of traffic islands, delimiters, ...").
 SURFACE_CATEGORY = {
     'road': 'flat.driveable_surface', 'sidewalk': 'flat.sidewalk', 'wall': 'static.manmade',
-    'pole': 'static.manmade', 'vegetation': 'static.vegetation',
+    'pole': 'static.manmade', 'vegetation': 'static.vegetation', 'terrain': 'flat.terrain', 'island': 'flat.other',
+}
+
+# The 16 nuScenes-lidarseg challenge classes; official id = position + 1 (0 = ignore / noise). Also the class ids
+# of nuScenes-Occupancy (OpenOccupancy).
+CHALLENGE_CLASSES = (
+    'barrier', 'bicycle', 'bus', 'car', 'construction_vehicle', 'motorcycle', 'pedestrian', 'traffic_cone', 'trailer',
+    'truck', 'driveable_surface', 'other_flat', 'sidewalk', 'terrain', 'manmade', 'vegetation',
+)
+# General lidarseg category -> challenge class (the devkit's `LidarsegClassMapper`); categories not listed map to
+# 0 (ignore): noise, animal, personal_mobility, stroller, wheelchair, debris, pushable_pullable, bicycle_rack,
+# ambulance, police vehicle, static.other, vehicle.ego.
+CHALLENGE_CLASS_OF_CATEGORY = {
+    'movable_object.barrier': 'barrier', 'vehicle.bicycle': 'bicycle', 'vehicle.bus.bendy': 'bus',
+    'vehicle.bus.rigid': 'bus', 'vehicle.car': 'car', 'vehicle.construction': 'construction_vehicle',
+    'vehicle.motorcycle': 'motorcycle', 'human.pedestrian.adult': 'pedestrian', 'human.pedestrian.child': 'pedestrian',
+    'human.pedestrian.construction_worker': 'pedestrian', 'human.pedestrian.police_officer': 'pedestrian',
+    'movable_object.trafficcone': 'traffic_cone', 'vehicle.trailer': 'trailer', 'vehicle.truck': 'truck',
+    'flat.driveable_surface': 'driveable_surface', 'flat.other': 'other_flat', 'flat.sidewalk': 'sidewalk',
+    'flat.terrain': 'terrain', 'static.manmade': 'manmade', 'static.vegetation': 'vegetation',
 }
 
 ATTRIBUTES = (
@@ -102,6 +122,18 @@ def lidarseg_index(category):
 def surface_lidarseg_lut():
     """(len(SEMANTIC_CLASSES),) uint8: simulator semantic index -> lidarseg index for surfaces (0 for objects)."""
     return np.array([lidarseg_index(SURFACE_CATEGORY[name]) if name in SURFACE_CATEGORY else 0
+                     for name in catalog.SEMANTIC_CLASSES], dtype=np.uint8)
+
+
+def challenge_id(category):
+    """Official challenge id (1..16) of a general lidarseg category, 0 for the ignored ones."""
+    name = CHALLENGE_CLASS_OF_CATEGORY.get(category)
+    return 0 if name is None else CHALLENGE_CLASSES.index(name) + 1
+
+
+def surface_challenge_lut():
+    """(len(SEMANTIC_CLASSES),) uint8: simulator semantic index -> challenge id for surfaces (0 for objects)."""
+    return np.array([challenge_id(SURFACE_CATEGORY[name]) if name in SURFACE_CATEGORY else 0
                      for name in catalog.SEMANTIC_CLASSES], dtype=np.uint8)
 
 

@@ -7,6 +7,8 @@ Layout under the dataroot `root` (what `NuScenes(version, dataroot=root)` reads)
     sweeps/LIDAR_TOP/<log>__LIDAR_TOP__<timestamp_us>.pcd.bin    the 9 sweeps between key frames (20 Hz)
     lidarseg/<version>/<sd_token>_lidarseg.bin, lidarseg_sweeps/<version>/...   uint8 label per point
     maps/<token>.png                                               placeholder map masks
+    nuScenes-Occupancy/scene_<scene_token>/occupancy/<sd_token>.npy, nuscenes_occ_infos_{train,val}.pkl
+                                                                   OpenOccupancy GT (`with_occupancy`)
 Points are in the LIDAR_TOP sensor frame. Timing: key frames every 0.5 s, sweeps every 0.05 s; scene time t = 0
 is the first key frame and `sweeps_before_first` sweeps precede it. See docs/SYNTHETIC_DATA.md.
 """
@@ -19,14 +21,15 @@ import numpy as np
 
 from ...utils.file_utils import atomic_save_bytes
 from . import dataset_manifest, nuscenes_records
+from . import nuscenes_occupancy as occupancy
 from . import nuscenes_schema as schema
 from .catalog import DETECTION_KINDS
 from .lidar import LidarConfig, cast_scan
-from .nuscenes_lidarseg import label_relpath
+from .nuscenes_lidarseg import KEY_FRAME_LABEL_DIR, label_relpath
 from .png import encode_gray_png
 from .scene import SceneConfig, simulate_scene
 
-GENERATOR = 'pcdet.datasets.synthetic.nuscenes/1'
+GENERATOR = 'pcdet.datasets.synthetic.nuscenes/2'  # bump when the same arguments give other files
 MANIFEST_NAME = 'synthetic_manifest.json'
 SWEEP_PERIOD_US = 50_000           # 20 Hz LiDAR
 SWEEPS_PER_KEY_FRAME = 10          # 2 Hz key frames -> 9 sweeps between two key frames
@@ -43,6 +46,8 @@ class SyntheticNuScenesConfig:
     `lidar_tilt` keeps the real LIDAR_TOP roll / pitch (~1.4 / 0.3 degrees): frame conversions that drop them
     are caught, but boxes converted to the LiDAR frame with a yaw-only rotation (as OpenPCDet does) then differ
     from the global annotations by ~1e-4 rad, as on real nuScenes. False keeps only the yaw (exact round trips).
+    `with_occupancy` also writes nuScenes-Occupancy (OpenOccupancy) ground truth and occ infos
+    (`nuscenes_occupancy.py`).
     """
     root: str
     version: str = 'v1.0-mini'
@@ -54,6 +59,7 @@ class SyntheticNuScenesConfig:
     seed: int = 0
     val_fraction: float = 0.2
     lidar_tilt: bool = True
+    with_occupancy: bool = True
 
     def validate(self):
         schema.check_version(self.version)
@@ -92,6 +98,7 @@ class FramePlan:
     sample_index: int
     filename: str
     label_filename: str
+    occupancy_filename: str  # '' for sweeps and without occupancy
 
 
 @dataclass(frozen=True)
@@ -136,9 +143,12 @@ def _plan_frames(config, namespace, scene_name, logfile, first_key_frame_us):
         channel = schema.LIDAR_CHANNEL
         filename = f'{"samples" if is_key else "sweeps"}/{channel}/{logfile}__{channel}__{timestamp}.pcd.bin'
         token = schema.make_token(namespace, scene_name, 'sample_data', frame_index)
+        scene_token = schema.make_token(namespace, scene_name, 'scene')  # = ScenePlan.token('scene')
+        occupancy_filename = occupancy.occupancy_relpath(scene_token, token) if is_key and config.with_occupancy else ''
         yield FramePlan(token=token, timestamp_us=timestamp, t=offset * SWEEP_PERIOD_US * 1e-6, is_key_frame=is_key,
                         sample_index=max(0, -(-offset // SWEEPS_PER_KEY_FRAME)), filename=filename,
-                        label_filename=label_relpath(config.version, token, is_key))
+                        label_filename=label_relpath(config.version, token, is_key),
+                        occupancy_filename=occupancy_filename)
 
 
 def map_filename(namespace, location):
@@ -150,7 +160,10 @@ def planned_files(config, plans):
     files = [f'{config.version}/{name}.json' for name in TABLE_NAMES + ('splits',)]
     files += sorted({map_filename(plan.namespace, plan.location) for plan in plans})
     for plan in plans:
-        files += [path for frame in plan.frames for path in (frame.filename, frame.label_filename)]
+        files += [path for frame in plan.frames
+                  for path in (frame.filename, frame.label_filename, frame.occupancy_filename) if path]
+    if config.with_occupancy:
+        files += list(occupancy.OCC_INFO_FILES.values())
     return files
 
 
@@ -158,8 +171,9 @@ def write_scene(plan, config):
     """Simulate one scene, ray-cast and write all its LiDAR frames and label files.
 
     Returns:
-        (records, stats): records is {table name: [records]} for this scene; stats has 'points_per_scan' and
-        'kinds_with_points' (object kinds with at least one key-frame LiDAR point).
+        (records, stats): records is {table name: [records]} for this scene; stats has 'points_per_scan',
+        'kinds_with_points' (object kinds with at least one key-frame LiDAR point), 'occupied_voxels' (per key
+        frame with occupancy) and 'occupancy_seconds' (time spent on occupancy).
     """
     scene = simulate_scene(config.scene_config(), np.random.default_rng([config.seed, plan.index, 0]))
     calibration = nuscenes_records.calibrated_sensor_record(plan, np.random.default_rng([config.seed, plan.index, 1]),
@@ -169,9 +183,10 @@ def write_scene(plan, config):
     object_lidarseg = np.array([schema.lidarseg_index(schema.category_name(kind, subtype))
                                 for kind, subtype in zip(scene.objects.kinds, scene.objects.subtypes)], dtype=np.uint8)
     surface_lidarseg = schema.surface_lidarseg_lut()
+    object_occupancy = occupancy.object_challenge_ids(scene)
     root = Path(config.root)
     builder = nuscenes_records.SceneRecordBuilder(plan, scene, calibration)
-    points_per_scan = []
+    points_per_scan, occupied_voxels, occupancy_seconds = [], [], 0.0
     for frame_index, frame in enumerate(plan.frames):
         ego_pose = scene.ego_pose_at(frame.t)
         scan = cast_scan(scene, frame.t, ego_pose @ ego_from_sensor, lidar_config,
@@ -185,9 +200,16 @@ def write_scene(plan, config):
         atomic_save_bytes(labels.tobytes(), root / frame.label_filename, durable=False)
         builder.add_frame(frame, ego_pose, scan, lidar_config.max_range)
         points_per_scan.append(len(point_rows))
+        if frame.occupancy_filename:
+            start = time.perf_counter()
+            rows = occupancy.occupancy_rows(scene, frame.t, ego_pose @ ego_from_sensor, object_occupancy)
+            occupancy.write_occupancy(root / frame.occupancy_filename, rows)
+            occupancy_seconds += time.perf_counter() - start
+            occupied_voxels.append(len(rows))
     kinds_with_points = sorted({scene.objects.kinds[m] for m, annotations in enumerate(builder.annotations_of_object)
                                 if any(ann['num_lidar_pts'] > 0 for ann in annotations)})
-    return builder.records(), {'points_per_scan': points_per_scan, 'kinds_with_points': kinds_with_points}
+    return builder.records(), {'points_per_scan': points_per_scan, 'kinds_with_points': kinds_with_points,
+                               'occupied_voxels': occupied_voxels, 'occupancy_seconds': occupancy_seconds}
 
 
 def _write_scene_job(job):
@@ -204,8 +226,11 @@ def generate_nuscenes(config, overwrite=False, workers=1, progress=True):
         progress: show a tqdm bar over scenes.
     Returns:
         dict with 'skipped', 'dataroot', 'num_scenes', 'num_key_frames', 'num_sweeps', 'mean_points_per_scan',
-        'seconds', 'train_scenes', 'val_scenes' and 'classes_without_points' ({'train': [...], 'val': [...]}:
-        detection classes no annotation of that split has LiDAR points for; normally empty).
+        'seconds', 'train_scenes', 'val_scenes', 'classes_without_points' ({'train': [...], 'val': [...]}:
+        detection classes no annotation of that split has LiDAR points for; normally empty), and with occupancy
+        'mean_occupied_voxels' and 'occupancy_seconds_per_key_frame' (None without).
+    Raises:
+        FileExistsError: `root` holds tables we did not write, or stray label files in `lidarseg/<version>/`.
     """
     config.validate()
     start = time.time()
@@ -219,9 +244,11 @@ def generate_nuscenes(config, overwrite=False, workers=1, progress=True):
                'val_scenes': [p.name for p in plans if p.split == 'val'],
                'num_key_frames': sum(f.is_key_frame for p in plans for f in p.frames),
                'num_sweeps': sum(not f.is_key_frame for p in plans for f in p.frames)}
-    if not dataset_manifest.prepare_output(root, manifest_path, config.arguments(), overwrite, '*.json'):
+    if not dataset_manifest.prepare_output(root, manifest_path, config.arguments(), overwrite, '*.json',
+                                           generator=GENERATOR):
         return {**summary, 'skipped': True, 'mean_points_per_scan': None, 'classes_without_points': None,
-                'seconds': time.time() - start}
+                'mean_occupied_voxels': None, 'occupancy_seconds_per_key_frame': None, 'seconds': time.time() - start}
+    _check_no_stray_labels(root, config.version, files)
     dataset_manifest.write_manifest(manifest_path, GENERATOR, config.arguments(), files, status='writing')
 
     results = _run_scenes([(plan, config) for plan in plans], workers, progress, config.version)
@@ -231,10 +258,28 @@ def generate_nuscenes(config, overwrite=False, workers=1, progress=True):
             tables.setdefault(name, []).extend(scene_records)
     tables['map'] = _write_maps(root, plans, tables['log'])
     nuscenes_records.write_tables(table_dir, tables, {'train': summary['train_scenes'], 'val': summary['val_scenes']})
+    if config.with_occupancy:
+        occupancy.write_occ_infos(root, occupancy.build_occ_infos(tables, plans), config.version)
     dataset_manifest.write_manifest(manifest_path, GENERATOR, config.arguments(), files, status='complete')
     points = [n for _, stats in results for n in stats['points_per_scan']]
+    voxels = [n for _, stats in results for n in stats['occupied_voxels']]
     return {**summary, 'skipped': False, 'mean_points_per_scan': float(np.mean(points)),
-            'classes_without_points': _classes_without_points(plans, results), 'seconds': time.time() - start}
+            'classes_without_points': _classes_without_points(plans, results), 'seconds': time.time() - start,
+            'mean_occupied_voxels': float(np.mean(voxels)) if voxels else None,
+            'occupancy_seconds_per_key_frame': (sum(stats['occupancy_seconds'] for _, stats in results) / len(voxels)
+                                                if voxels else None)}
+
+
+def _check_no_stray_labels(root, version, files):
+    """nuscenes-devkit refuses to load when `lidarseg/<version>/` holds a label file without a lidarseg record:
+    fail before writing if a file we do not plan to write is there."""
+    label_dir = root / KEY_FRAME_LABEL_DIR / version
+    planned = set(files)
+    stray = sorted(path.name for path in label_dir.glob('*') if path.suffix in ('.bin', '.npz')
+                   and f'{KEY_FRAME_LABEL_DIR}/{version}/{path.name}' not in planned) if label_dir.is_dir() else []
+    if stray:
+        raise FileExistsError(f'{label_dir} holds {len(stray)} label files this dataset does not list ({stray[0]}, '
+                              '...); nuscenes-devkit would refuse to load it: remove them or choose another --root')
 
 
 def _run_scenes(jobs, workers, progress, version):

@@ -36,7 +36,11 @@ class SceneConfig:
         num_walls, num_poles, num_trees: static clutter counts (a tree is a trunk box plus an ellipsoid crown).
         ego_speed_range: ego speed is drawn from it and kept constant.
         ego_yaw_rate_range: |yaw rate| (rad/s) drawn from it with a random sign, so the path is a circular arc.
-        road_half_width: ground within this distance of the ego path's circle is 'road', else 'sidewalk'.
+        road_half_width: ground within this distance of the ego path's circle (the road's centre line) is 'road'.
+        sidewalk_width: the next band beside the road is 'sidewalk'; ground beyond it is 'terrain'.
+        island_width, island_length, island_period: traffic islands ('island') are cut from the outermost
+            `island_width` of the road on both edges, `island_length` long every `island_period` along the road.
+            Ground kinds only change point labels: the ground stays the plane z = 0.
         ego_clearance: minimum BEV distance between the ego origin's path and any object or clutter footprint.
         object_gap: minimum BEV gap between two footprints at any checked time.
         collision_check_step_s: time step of the overlap checks.
@@ -68,6 +72,10 @@ class SceneConfig:
     ego_speed_range: tuple = (2.0, 9.0)
     ego_yaw_rate_range: tuple = (0.02, 0.12)
     road_half_width: float = 7.0
+    sidewalk_width: float = 4.0
+    island_width: float = 1.5
+    island_length: float = 6.0
+    island_period: float = 20.0
     ego_clearance: float = 2.2
     object_gap: float = 0.5
     collision_check_step_s: float = 0.05
@@ -86,6 +94,10 @@ class SceneConfig:
             raise ValueError('ego_yaw_rate_range must be positive and increasing (the path is a circular arc)')
         if not 0 < self.ego_speed_range[0] <= self.ego_speed_range[1]:
             raise ValueError('ego_speed_range must be positive and increasing')
+        if not (self.sidewalk_width >= 0 and 0 <= self.island_width < self.road_half_width
+                and 0 <= self.island_length <= self.island_period and self.island_period > 0):
+            raise ValueError('SceneConfig needs sidewalk_width >= 0, 0 <= island_width < road_half_width and '
+                             '0 <= island_length <= island_period (> 0)')
         if self.vehicle_profile not in VEHICLE_PROFILES:
             raise ValueError(f'vehicle_profile must be one of {VEHICLE_PROFILES}, got {self.vehicle_profile!r}')
         if self.kind_weights is not None:
@@ -135,12 +147,19 @@ class EgoTrajectory:
         x, y, yaw = self.pose2d_at(float(t))
         return pose_matrix(rotation_matrix_from_rpy(0.0, 0.0, float(yaw)), [float(x), float(y), 0.0])
 
-    def distance_to_road_centre(self, xy):
-        """(N, 2) global points -> (N,) distance to the circle the ego drives on (the road's centre line)."""
+    def road_coordinates(self, xy):
+        """(N, 2) global points -> (arc, offset), each (N,): arc length along the circle the ego drives on (the
+        road's centre line; angle about its centre times its radius) and signed distance from it (> 0 outside)."""
         radius = self.speed / self.yaw_rate
         centre = np.array([self.start_xy[0] - radius * np.sin(self.start_yaw),
                            self.start_xy[1] + radius * np.cos(self.start_yaw)])
-        return np.abs(np.hypot(xy[:, 0] - centre[0], xy[:, 1] - centre[1]) - abs(radius))
+        offset_xy = xy[:, 0:2] - centre
+        arc = np.arctan2(offset_xy[:, 1], offset_xy[:, 0]) * abs(radius)
+        return arc, np.hypot(offset_xy[:, 0], offset_xy[:, 1]) - abs(radius)
+
+    def distance_to_road_centre(self, xy):
+        """(N, 2) global points -> (N,) distance to the circle the ego drives on (the road's centre line)."""
+        return np.abs(self.road_coordinates(xy)[1])
 
 
 @dataclass(frozen=True)
@@ -183,9 +202,20 @@ class Scene:
         return boxes
 
     def ground_semantic(self, xy):
-        """(N, 2) global ground points -> (N,) semantic index: 'road' near the ego path, else 'sidewalk'."""
-        on_road = self.trajectory.distance_to_road_centre(xy) <= self.config.road_half_width
-        return np.where(on_road, catalog.semantic_index('road'), catalog.semantic_index('sidewalk'))
+        """(N, 2) global ground points -> (N,) semantic index (int64) by distance d to the road's centre line:
+        'road' (d <= road_half_width) with 'island' patches at its edges, 'sidewalk' (the next `sidewalk_width`),
+        'terrain' beyond (`SceneConfig`)."""
+        config = self.config
+        arc, offset = self.trajectory.road_coordinates(np.asarray(xy, dtype=np.float64).reshape(-1, 2))
+        distance = np.abs(offset)
+        semantic = np.full(len(distance), catalog.semantic_index('terrain'), dtype=np.int64)
+        semantic[distance <= config.road_half_width + config.sidewalk_width] = catalog.semantic_index('sidewalk')
+        on_road = distance <= config.road_half_width
+        semantic[on_road] = catalog.semantic_index('road')
+        island = (on_road & (distance > config.road_half_width - config.island_width)
+                  & (np.mod(arc, config.island_period) < config.island_length))
+        semantic[island] = catalog.semantic_index('island')
+        return semantic
 
     def vehicle_rows(self):
         """(V,) indices of the objects of vehicle kinds (`ObjectKind.vehicle`)."""
