@@ -47,9 +47,10 @@ def eval_args(cfg_file, tag, ckpt, output_root, data_set):
 
 SYNTHETIC_VERSION = 'v1.0-mini'
 SYNTHETIC_DATASET_CFG = REPO_ROOT / 'tools' / 'cfgs' / 'dataset_configs' / 'nuscenes_synthetic.yaml'
-# 10 official mini scenes x 10 key frames (80 train / 20 mini_val), 512 azimuth steps: ~15 s to generate.
-SYNTHETIC_GENERATOR_ARGS = ['--num_scenes', '10', '--samples_per_scene', '10', '--azimuth_steps', '512',
-                            '--seed', '0']
+# 10 official mini scenes x 10 key frames (80 train / 20 mini_val), 512 azimuth steps: ~15 s to generate. Detection
+# does not read the occupancy ground truth (~4 MB per key frame): not written.
+SYNTHETIC_GENERATOR_ARGS = ['--num_scenes', '10', '--samples_per_scene', '10', '--azimuth_steps', '512', '--seed', '0',
+                            '--no_occupancy']
 
 
 def make_synthetic_nuscenes(data_path, env, log_dir, timings, version=SYNTHETIC_VERSION,

@@ -34,7 +34,7 @@ PRETRAIN_CFG = CFG_DIR / 'gpicture_tiny_synthetic_pretrain.yaml'
 FINETUNE_CFG = CFG_DIR / 'gpicture_tiny_synthetic_finetune.yaml'
 VERSION = 'v1.0-trainval'
 GENERATOR_ARGS = ['--num_scenes', '30', '--samples_per_scene', '4', '--azimuth_steps', '512', '--seed', '0',
-                  '--val_fraction', '0.3']
+                  '--val_fraction', '0.3', '--no_occupancy']
 PRETRAIN_EPOCHS = 16
 FINETUNE_EPOCHS = 45
 THREADS = 1

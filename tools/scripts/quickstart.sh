@@ -36,7 +36,7 @@ stamp() { echo "   ($(( $(date +%s) - START )) s since start)"; }
 echo "== 1/5 synthetic nuScenes-format dataset -> $DATA_ROOT"
 python -m pcdet.datasets.synthetic.nuscenes --root "$DATA_ROOT" --version v1.0-mini \
   --num_scenes "${PCDET_QUICKSTART_SCENES:-10}" --samples_per_scene 20 --azimuth_steps 512 \
-  --seed "${PCDET_QUICKSTART_SEED:-0}"
+  --seed "${PCDET_QUICKSTART_SEED:-0}" --no_occupancy
 stamp
 
 echo "== 2/5 infos + GT database (nuscenes-devkit)"

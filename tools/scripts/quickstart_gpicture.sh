@@ -32,7 +32,7 @@ stamp() { echo "   ($(( $(date +%s) - START )) s since start)"; }
 
 echo "== 1/6 synthetic nuScenes-format dataset -> $DATA_ROOT"
 python -m pcdet.datasets.synthetic.nuscenes --root "$DATA_ROOT" --version "$VERSION" --num_scenes 30 \
-  --samples_per_scene 4 --azimuth_steps 512 --seed 0 --val_fraction 0.3
+  --samples_per_scene 4 --azimuth_steps 512 --seed 0 --val_fraction 0.3 --no_occupancy
 stamp
 echo "== 2/6 infos + GT database"
 python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos --cfg_file "$DATASET_CFG" \
