@@ -10,8 +10,10 @@ Rules by key (a key missing from the table is stacked with `np.stack`, so `frame
     images, depth_maps (H_i, W_i, ...)                   -> zero-padded to the largest H, W and stacked
     calib                                                -> kept as a list
     camera_imgs (torch tensors)                          -> torch.stack
-    point_teacher_features (N_i, F)                      -> (sum N_i, F) concatenated in batch order, so row r stays
-        aligned with row r of the collated `points`
+    point_teacher_features (N_i, F), point_seg_labels (N_i,), point_raw_index (N_i,)  (carried_columns.py)
+                                                         -> (sum N_i, ...) concatenated in batch order, so row r
+        stays aligned with row r of the collated `points`
+    gt_occupancy (X, Y, Z) uint8                         -> np.stack: (B, X, Y, Z)
 Adds `batch_size` (= B, times the number of views when samples carry lists of views). A failure raises TypeError
 naming the key. `register_collate_rule(key, rule)` adds a rule for new per-sample keys.
 """
@@ -68,8 +70,11 @@ COLLATE_RULES = {
     'depth_maps': pad_images,
     'calib': list,
     'camera_imgs': torch.stack,
-    # per-point teacher features: rows follow the rows of `points`, which are concatenated in batch order
+    # carried per-point columns: rows follow the rows of `points`, which are concatenated in batch order
     'point_teacher_features': concatenate,
+    'point_seg_labels': concatenate,
+    'point_raw_index': concatenate,
+    'gt_occupancy': lambda values: np.stack(values, axis=0),
 }
 
 

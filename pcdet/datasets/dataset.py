@@ -4,11 +4,12 @@ Subclasses implement `__len__`, `__getitem__` (load the raw sample, then `return
 and `evaluation(det_annos, class_names, **kwargs)`.
 
 `prepare_data(data_dict)`:
-    reads:  points (N, len(src_feature_list)), gt_boxes (M, 7|9) + gt_names (M,) (required in supervised training),
-            optional gt_boxes2d, calib, road_plane, frame_id, metadata
+    reads:  points (N, len(src_feature_list) + K carried columns), gt_boxes (M, 7|9) + gt_names (M,) (required in
+            supervised detection training), optional gt_boxes2d, calib, road_plane, frame_id, metadata
     writes: points (N', num_point_features), gt_boxes (M', 7|9 + 1) float32 with the 1-based class index as the last
             column, use_lead_xyz, lidar_aug_matrix (4, 4) float32, flip_x/flip_y/noise_* (training), the processor
-            outputs (voxels, voxel_coords, voxel_num_points for hard-voxel configs); removes gt_names.
+            outputs (voxels, voxel_coords, voxel_num_points for hard-voxel configs), the carried columns' keys (see
+            below); removes gt_names.
     1. training: augment (gt_boxes_mask = names in class_names);   2. lidar_aug_matrix;
     3. keep boxes of class_names, append the class index;            4. point feature encoding;
     5. data processor;   6. training with zero boxes left: draw another index with numpy's global RNG and retry
@@ -17,14 +18,23 @@ and `evaluation(det_annos, class_names, **kwargs)`.
 Self-supervised mode (`CLASS_NAMES: []`): boxes are dropped before augmentation, gt_sampling is skipped and a
 sample is never resampled.
 
-Teacher features (`DATA_CONFIG.TEACHER_FEATURES`, present and `ENABLED` not False; spec §1.4 D-SEAL-2): the subclass
-appends the F = NUM_FEATURES stored per-point teacher features as trailing columns of `points` (N, C_src + F) before
-`prepare_data`; augmentation (columns 0:3 only), the point feature encoder (`num_carried_columns=F`, passed through),
-range masking and shuffling (row indexing) keep them row-aligned by construction. After the data processor they are
-split off: `points` (N', num_point_features) as usual and `point_teacher_features` (N', F) float32, row-aligned
-(collated by concatenation in batch order, like the rows of `points`). Not combinable (ConfigError at build time):
-active gt_sampling (pasted object points have no features) and hard voxelization `transform_points_to_voxels` (only
-the placeholder / dynamic-voxelization path keeps per-point rows).
+Tasks (`DATA_CONFIG.TASK`, a subclass lists what it supports in `SUPPORTED_TASKS`): `detection` (default, as above),
+`segmentation` and `occupancy`. In the last two boxes are neither required nor kept (dropped like in self-supervised
+mode), a sample is never resampled and gt_sampling is refused (ConfigError: pasted points have no labels / are not
+in the occupancy ground truth). Segmentation adds the carried columns point_seg_labels + point_raw_index; occupancy
+samples carry `gt_occupancy`, which `transform_with_augmentation` (a subclass hook called right after step 2) moves
+with `lidar_aug_matrix`.
+
+Carried columns (carried_columns.py): named per-point columns (teacher features F cols, `point_seg_labels`,
+`point_raw_index`) that the subclass appends as trailing columns of `points` (N, C_src + K) before `prepare_data`,
+in the order of `self.carried_columns`. Augmentation (columns 0:3 only), the point feature encoder
+(`num_carried_columns=K`, passed through), range masking and shuffling (row indexing) keep them row-aligned by
+construction. After the data processor they are split off: `points` (N', num_point_features) as usual plus one key
+per column, row-aligned (collated by concatenation in batch order, like the rows of `points`). Teacher features
+(`DATA_CONFIG.TEACHER_FEATURES`, present and `ENABLED` not False; spec §1.4 D-SEAL-2) come out as
+`point_teacher_features` (N', F) float32. Not combinable with carried columns (ConfigError at build time): active
+gt_sampling (pasted object points have no features / labels) and hard voxelization `transform_points_to_voxels`
+(only the placeholder / dynamic-voxelization path keeps per-point rows).
 """
 from pathlib import Path
 
@@ -37,6 +47,7 @@ from ..utils.point_io import NONFINITE_POINTS_SCHEMA
 from .augmentor import DataAugmentor
 from .augmentor.data_augmentor import DATA_AUGMENTOR_SCHEMA, augmentor_entries
 from .augmentor.data_augmentor import ENTRY_SCHEMA as AUGMENTOR_ENTRY_SCHEMA
+from .carried_columns import SEG_COLUMNS, TEACHER_FEATURES_KEY, split_columns, teacher_column, total_columns  # noqa: F401
 from .collate import collate_batch
 from .processor import DataProcessor, PointFeatureEncoder
 from .processor.data_processor import ENTRY_SCHEMA as PROCESSOR_ENTRY_SCHEMA
@@ -46,7 +57,7 @@ from .teachers.feature_store import TEACHER_FEATURES_ENTRY, teacher_features_cfg
 
 SECTION = 'DATA_CONFIG'
 BOX_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes2d')
-TEACHER_FEATURES_KEY = 'point_teacher_features'  # collated by concatenation, like the rows of points (collate.py)
+TASKS = ('detection', 'segmentation', 'occupancy')
 
 
 class _NoBoxesLeft(Exception):
@@ -95,6 +106,7 @@ def lidar_aug_matrix(data_dict):
 
 class DatasetTemplate(torch_data.Dataset):
     MAX_RESAMPLE_ATTEMPTS = 100
+    SUPPORTED_TASKS = ('detection',)  # DATA_CONFIG.TASK values this dataset implements
     # The DATA_CONFIG keys of every dataset, with their defaults; a subclass extends it with its own keys. Code reads
     # them through `self.CONFIG_SCHEMA` (the subclass's: a per-dataset default such as nuScenes' PRED_VELOCITY
     # applies to the template's reads too) and the config validator picks it by DATASET.
@@ -108,6 +120,7 @@ class DatasetTemplate(torch_data.Dataset):
         'DATA_AUGMENTOR': DATA_AUGMENTOR_SCHEMA,
         'DATA_PROCESSOR': SelectList(lambda name: pick(PROCESSOR_SCHEMAS, name, 'processor', 'NAME')),
         'TEACHER_FEATURES': TEACHER_FEATURES_ENTRY,     # by NAME; None when absent
+        'TASK': 'detection',                # detection | segmentation | occupancy (SUPPORTED_TASKS of the dataset)
         'PRED_VELOCITY': False,
         'TRAIN_WITH_SPEED': False,
         'PROCESSED_DATA_TAG': None,
@@ -133,6 +146,13 @@ class DatasetTemplate(torch_data.Dataset):
         self._resampling = False
         self.teacher_cfg = teacher_features_cfg(dataset_cfg)  # None unless TEACHER_FEATURES is present and enabled
         self.num_teacher_features = int(self.teacher_cfg['NUM_FEATURES']) if self.teacher_cfg else 0
+        self.task = self.CONFIG_SCHEMA.get(dataset_cfg, 'TASK')
+        if self.task not in TASKS or self.task not in self.SUPPORTED_TASKS:
+            raise ConfigError(f'{SECTION}.TASK: {self.task!r} is not supported by {type(self).__name__}; supported: '
+                              f'{list(self.SUPPORTED_TASKS)}')
+        self.carried_columns = ([teacher_column(self.num_teacher_features)] if self.teacher_cfg else []) + \
+            (list(SEG_COLUMNS) if self.task == 'segmentation' else [])
+        self.num_carried_columns = total_columns(self.carried_columns)
         if dataset_cfg is None or class_names is None:
             return
 
@@ -141,11 +161,10 @@ class DatasetTemplate(torch_data.Dataset):
         self.point_cloud_range = np.array(point_cloud_range, dtype=np.float32)
         if self.point_cloud_range.shape != (6,):
             raise ConfigError(f'{SECTION}.POINT_CLOUD_RANGE needs 6 values, got {point_cloud_range}')
-        if self.teacher_cfg:
-            self._check_teacher_feature_pipeline(dataset_cfg)
+        self._check_carried_pipeline(dataset_cfg)
         self.point_feature_encoder = PointFeatureEncoder(schema.get(dataset_cfg, 'POINT_FEATURE_ENCODING'),
                                                          self.point_cloud_range,
-                                                         num_carried_columns=self.num_teacher_features)
+                                                         num_carried_columns=self.num_carried_columns)
         self.data_augmentor = DataAugmentor(self.root_path, schema.get(dataset_cfg, 'DATA_AUGMENTOR'),
                                             self.class_names, logger=logger) if training else None
         self.data_processor = DataProcessor(schema.get(dataset_cfg, 'DATA_PROCESSOR'), self.point_cloud_range,
@@ -154,20 +173,26 @@ class DatasetTemplate(torch_data.Dataset):
         self.voxel_size = self.data_processor.voxel_size
         self.depth_downsample_factor = getattr(self.data_processor, 'depth_downsample_factor', None)
 
-    def _check_teacher_feature_pipeline(self, dataset_cfg):
-        """ConfigError for steps that would break the row alignment of the carried teacher features (checked on the
-        config before the augmentor opens any GT database)."""
-        if self.training and self.class_names and \
-                _gt_sampling_configured(self.CONFIG_SCHEMA.get(dataset_cfg, 'DATA_AUGMENTOR')):
+    def _check_carried_pipeline(self, dataset_cfg):
+        """ConfigError for steps that would break the row alignment of carried columns or the labels of a
+        segmentation / occupancy sample (checked on the config before the augmentor opens any GT database)."""
+        gt_sampling = self.training and _gt_sampling_configured(self.CONFIG_SCHEMA.get(dataset_cfg, 'DATA_AUGMENTOR'))
+        if gt_sampling and self.task != 'detection':
+            raise ConfigError(f'{SECTION}.DATA_AUGMENTOR.AUG_CONFIG_LIST gt_sampling with {SECTION}.TASK: {self.task}: '
+                              'pasted object points have no per-point labels and are not in the occupancy ground '
+                              'truth. Remove gt_sampling or add it to DATA_AUGMENTOR.DISABLE_AUG_LIST')
+        if self.teacher_cfg and gt_sampling and self.class_names:
             raise ConfigError(f'{SECTION}.TEACHER_FEATURES with an active gt_sampling: pasted object points have no '
                               'teacher features. Add gt_sampling to DATA_AUGMENTOR.DISABLE_AUG_LIST (self-supervised '
                               'mode, CLASS_NAMES: [], skips it anyway) or set TEACHER_FEATURES.ENABLED: False')
         names = [PROCESSOR_ENTRY_SCHEMA.get(step, 'NAME')
                  for step in self.CONFIG_SCHEMA.get(dataset_cfg, 'DATA_PROCESSOR') or []]
-        if 'transform_points_to_voxels' in names:
-            raise ConfigError(f'{SECTION}.TEACHER_FEATURES with DATA_PROCESSOR transform_points_to_voxels (hard '
-                              'voxels): per-point teacher features need per-point rows; use '
-                              'transform_points_to_voxels_placeholder (dynamic voxelization in the model)')
+        if self.carried_columns and 'transform_points_to_voxels' in names:
+            keys = [column.key for column in self.carried_columns]
+            raise ConfigError(f'{SECTION}.DATA_PROCESSOR transform_points_to_voxels (hard voxels) with per-point '
+                              f'columns {keys} ({SECTION}.TEACHER_FEATURES / TASK: segmentation): they need '
+                              'per-point rows; use transform_points_to_voxels_placeholder (dynamic voxelization in '
+                              'the model)')
 
     @property
     def mode(self):
@@ -177,6 +202,17 @@ class DatasetTemplate(torch_data.Dataset):
     def self_supervised(self):
         """True when CLASS_NAMES is empty: samples carry no boxes and are never resampled."""
         return self.class_names is not None and len(self.class_names) == 0
+
+    @property
+    def uses_boxes(self):
+        """True for supervised detection: samples keep their boxes (required in training, which resamples a frame
+        left without boxes); False in self-supervised mode and for TASK segmentation / occupancy."""
+        return getattr(self, 'task', 'detection') == 'detection' and not self.self_supervised
+
+    def transform_with_augmentation(self, data_dict):
+        """Hook for dense targets that must follow the sample's augmentation: called with `lidar_aug_matrix` (4, 4)
+        set, before point encoding (e.g. NuScenesDataset moves `gt_occupancy`). Default: no-op."""
+        return data_dict
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -240,12 +276,12 @@ class DatasetTemplate(torch_data.Dataset):
 
     def _prepare_single(self, data_dict):
         data_dict = dict(data_dict)
-        if self.self_supervised:
+        if not self.uses_boxes:
             for key in BOX_KEYS:
                 data_dict.pop(key, None)
         check_box_label_lengths(data_dict)  # else a bare numpy IndexError from the class filter below
         if self.training:
-            if not self.self_supervised and 'gt_boxes' not in data_dict:
+            if self.uses_boxes and 'gt_boxes' not in data_dict:
                 raise KeyError('gt_boxes must be provided for supervised training (or set CLASS_NAMES: [] for '
                                'self-supervised training)')
             if 'gt_boxes' in data_dict:
@@ -253,6 +289,7 @@ class DatasetTemplate(torch_data.Dataset):
                                                       dtype=bool)
             data_dict = self.data_augmentor.forward(data_dict)
         data_dict['lidar_aug_matrix'] = lidar_aug_matrix(data_dict)
+        data_dict = self.transform_with_augmentation(data_dict)
 
         if data_dict.get('gt_boxes') is not None:
             keep = np.array([name in self.class_names for name in data_dict['gt_names']], dtype=bool)
@@ -265,13 +302,11 @@ class DatasetTemplate(torch_data.Dataset):
         if data_dict.get('points') is not None:
             data_dict = self.point_feature_encoder.forward(data_dict)
         data_dict = self.data_processor.forward(data_dict)
-        if self.num_teacher_features and data_dict.get('points') is not None:
-            points = data_dict['points']
-            data_dict['points'] = np.ascontiguousarray(points[:, :-self.num_teacher_features])
-            data_dict[TEACHER_FEATURES_KEY] = np.ascontiguousarray(points[:, -self.num_teacher_features:],
-                                                                   dtype=np.float32)
+        if self.carried_columns and data_dict.get('points') is not None:
+            data_dict['points'], carried = split_columns(data_dict['points'], self.carried_columns)
+            data_dict.update(carried)
 
-        if self.training and not self.self_supervised and len(data_dict['gt_boxes']) == 0:
+        if self.training and self.uses_boxes and len(data_dict['gt_boxes']) == 0:
             raise _NoBoxesLeft()
         data_dict.pop('gt_names', None)
         return data_dict

@@ -19,6 +19,13 @@ produced the file, every part's row count is checked against the file (stale fil
 features are appended as trailing columns: points (N, 5 + F) before prepare_data, split into points (N', 5) +
 point_teacher_features (N', F) float32 after it.
 
+Tasks (`DATA_CONFIG.TASK`, see DatasetTemplate and docs/CONFIG.md). `segmentation` (lidarseg.py): point_seg_labels
+and point_raw_index ride behind the points (and teacher features) as carried columns, points (N, 5 [+ F] + 2) ->
+points (N', 5) + both (N',) int64; metadata adds lidar_token, lidar_path (absolute), num_raw_points. `occupancy`
+(occupancy.py): gt_occupancy (X, Y, Z) uint8 from OCC_PATH, moved with lidar_aug_matrix; metadata adds lidar_token,
+scene_token. Both: no boxes, no CBGS / gt_sampling (ConfigError), infos must carry lidar_token + scene_token
+(else InfoSchemaError: regenerate), label / occupancy files checked to exist when the dataset is built.
+
 Info files are validated on load (list of dicts with the required keys, `info_schema` marker if present, one
 gt_name per gt_box, enough sweeps for MAX_SWEEPS); a bad file raises InfoSchemaError naming it and saying to
 regenerate it. When the dataset is built, every key-frame LiDAR file and (MAX_SWEEPS > 1) every sweep file an info
@@ -38,18 +45,24 @@ v1.0-test -> test; other names are custom splits from the devkit's `<dataroot>/<
 import argparse
 import copy
 import logging
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ...config import ConfigError
 from ...utils.point_io import nonfinite_points_policy
-from ..dataset import DatasetTemplate, check_has_samples
-from ..prep_utils import InfoSchemaError, check_files_exist, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401 (re-export)
+from ..carried_columns import SEG_COLUMNS, append_columns
+from ..dataset import TASKS, DatasetTemplate, check_has_samples
+from ..prep_utils import InfoSchemaError, check_files_exist, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401
 from ..teachers import feature_store
-from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_point_parts, load_points_with_sweeps, resolve_data_path
+from . import occupancy
+from .lidarseg import CHALLENGE_CLASSES, LidarsegLabels, num_points_in_file
+from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_point_parts, resolve_data_path
 
 REQUIRED_INFO_KEYS = ('lidar_path', 'token', 'sweeps', 'ref_from_car', 'car_from_global', 'timestamp')
+TOKEN_INFO_KEYS = ('lidar_token', 'scene_token')  # needed by TASK segmentation / occupancy
 GT_INFO_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes_velocity', 'gt_boxes_token', 'num_lidar_pts', 'num_radar_pts')
 CREATE_INFOS_COMMAND = ('python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos '
                         '--cfg_file <dataset yaml> --version {version} --data_path {data_path}')
@@ -134,7 +147,12 @@ class NuScenesDataset(DatasetTemplate):
         'FILTER_MIN_POINTS_IN_GT': False,   # or N: keep boxes with >= N LiDAR points
         'BALANCED_RESAMPLING': False,
         'EVAL_SET': None,
+        'SEG_LABEL_SWEEPS': False,          # segmentation: sweep labels from lidarseg_sweeps/ (else sweep points 0)
+        'OCC_PATH': 'nuScenes-Occupancy',   # occupancy GT root, relative to DATA_PATH/VERSION or absolute
+        'OCC_GRID_SIZE': [512, 512, 40],    # occupancy grid (X, Y, Z), OpenOccupancy
+        'OCC_POINT_CLOUD_RANGE': [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0],
     })
+    SUPPORTED_TASKS = TASKS
 
     def __init__(self, dataset_cfg, class_names, training=True, root_path=None, logger=None):
         schema = self.CONFIG_SCHEMA
@@ -148,7 +166,26 @@ class NuScenesDataset(DatasetTemplate):
         check_has_samples(self.infos, self._info_source(self.mode), self.mode,
                           f'check the info files or recreate them with: {self._create_hint()}')
         if self.training and schema.get(dataset_cfg, 'BALANCED_RESAMPLING'):
+            if self.task != 'detection':
+                raise ConfigError(f'DATA_CONFIG.BALANCED_RESAMPLING (CBGS, by box classes) with DATA_CONFIG.TASK: '
+                                  f'{self.task}: set BALANCED_RESAMPLING: False')
             self.infos = balanced_infos_resampling(self.infos, self.class_names, self._log)
+        if self.task != 'detection' and list(self.class_names) != list(CHALLENGE_CLASSES):
+            raise ConfigError(f'CLASS_NAMES with DATA_CONFIG.TASK: {self.task} must be the 16 lidarseg challenge '
+                              f'classes in official order (ids 1..16) {list(CHALLENGE_CLASSES)}, got '
+                              f'{self.class_names}')
+        self.seg_labels = self.occ_grid = self.occ_root = None
+        if self.task == 'segmentation':
+            self.seg_labels = LidarsegLabels(self.root_path, self._cfg('VERSION'), self.infos,
+                                             self._info_source(self.mode), self._cfg('SEG_LABEL_SWEEPS'),
+                                             with_sweeps=self._cfg('MAX_SWEEPS') > 1)
+        elif self.task == 'occupancy':
+            self.occ_grid = occupancy.occupancy_grid(self._cfg('OCC_GRID_SIZE'), self._cfg('OCC_POINT_CLOUD_RANGE'))
+            self.occ_root = occupancy.occupancy_root(self.root_path, self._cfg('OCC_PATH'))
+            check_files_exist((occupancy.occupancy_path(self.occ_root, info) for info in self.infos),
+                              self._info_source(self.mode), 'occupancy files',
+                              f'expected <OCC_PATH>/scene_<scene_token>/occupancy/<lidar_token>.npy with OCC_PATH '
+                              f'{self.occ_root} (DATA_CONFIG.OCC_PATH, relative to DATA_PATH/VERSION or absolute)')
         self.teacher_feature_root = None
         if self.teacher_cfg:
             self.teacher_feature_root = feature_store.feature_root(self.root_path, self.teacher_cfg)
@@ -177,11 +214,16 @@ class NuScenesDataset(DatasetTemplate):
                 f'sweeps/, {self._cfg("VERSION")}/ and the info files there. Create the infos with: '
                 f'{self._create_hint()}, or run python -m pcdet.datasets.synthetic.nuscenes --root {self.root_path} '
                 f'--version {self._cfg("VERSION")} ... to create a synthetic dataset')
-        require_gt = mode == 'train' and bool(self.class_names)
+        require_gt = mode == 'train' and self.uses_boxes
         min_sweeps = self._cfg('MAX_SWEEPS') - 1
         infos = []
         for info_path in self._cfg('INFO_PATH')[mode]:
             file_infos = load_infos(self.root_path / info_path, require_gt, min_sweeps, self._create_hint())
+            if self.task != 'detection':
+                validate_info_list(file_infos, self.root_path / info_path,
+                                   lambda info: None if all(key in info for key in TOKEN_INFO_KEYS) else
+                                   f'no {list(TOKEN_INFO_KEYS)} (needed by DATA_CONFIG.TASK: {self.task})',
+                                   f'regenerate the infos with: {self._create_hint()}')
             # sweeps are drawn at random per epoch: a missing one must fail now, not epochs later (MAX_SWEEPS 1
             # never reads a sweep)
             check_files_exist(referenced_lidar_paths(file_infos, self.root_path, min_sweeps > 0),
@@ -219,13 +261,21 @@ class NuScenesDataset(DatasetTemplate):
             raise ValueError(f'frame {info["token"]} has {len(info["sweeps"])} sweeps, {num_sweeps} requested; '
                              f'regenerate the infos with MAX_SWEEPS >= {max_sweeps}')
         if self.teacher_cfg:
-            return self.get_lidar_and_teacher_features(info, num_sweeps)
-        sweep_indices = self.draw_sweep_indices(len(info['sweeps']), num_sweeps)
-        return load_points_with_sweeps(self.root_path, info, sweep_indices, nonfinite=self.nonfinite_points)
+            points, sweep_indices, raw_rows = self.get_lidar_and_teacher_features(info, num_sweeps)
+        else:
+            sweep_indices = list(self.draw_sweep_indices(len(info['sweeps']), num_sweeps))
+            parts, raw_rows = load_point_parts(self.root_path, info, sweep_indices, return_raw_rows=True,
+                                               nonfinite=self.nonfinite_points)
+            points = np.concatenate(parts, axis=0).astype(np.float32, copy=False)
+        if self.seg_labels is not None:
+            points = append_columns(points, SEG_COLUMNS, self.seg_labels.columns(info, sweep_indices, raw_rows),
+                                    info['lidar_path'])
+        return points
 
     def get_lidar_and_teacher_features(self, info, num_sweeps):
         """(N, 5 + F) float32: key frame + `num_sweeps` sweeps drawn from those stored in the frame's feature file,
-        each part's stored features appended to its rows (row counts checked: a stale file raises naming it)."""
+        each part's stored features appended to its rows (row counts checked: a stale file raises naming it); also
+        returns the drawn sweep indices and the parts' file rows."""
         path = feature_store.feature_path(self.teacher_feature_root, '', Path(info['lidar_path']).stem)
         features, part_sizes = feature_store.load_frame_features(path, self.num_teacher_features)
         stored_sweeps = len(part_sizes) - 1
@@ -235,11 +285,13 @@ class NuScenesDataset(DatasetTemplate):
                 f'drawn; lower MAX_SWEEPS or regenerate the features into a new FEATURE_DIR with --num_sweeps '
                 f'{num_sweeps}: {feature_store.PREPARE_COMMAND}')
         sweep_indices = list(self.draw_sweep_indices(stored_sweeps, num_sweeps))
-        parts = load_point_parts(self.root_path, info, sweep_indices, nonfinite=self.nonfinite_points)
+        parts, raw_rows = load_point_parts(self.root_path, info, sweep_indices, return_raw_rows=True,
+                                           nonfinite=self.nonfinite_points)
         part_features = feature_store.join_part_features(
             path, features, part_sizes, [0] + [1 + k for k in sweep_indices], [len(part) for part in parts],
             [info['lidar_path']] + [info['sweeps'][k]['lidar_path'] for k in sweep_indices])
-        return np.concatenate([np.concatenate(parts, axis=0), part_features], axis=1).astype(np.float32, copy=False)
+        points = np.concatenate([np.concatenate(parts, axis=0), part_features], axis=1)
+        return points.astype(np.float32, copy=False), sweep_indices, raw_rows
 
     def __len__(self):
         if getattr(self, '_merge_all_iters_to_one_epoch', False):
@@ -255,7 +307,15 @@ class NuScenesDataset(DatasetTemplate):
             'frame_id': Path(info['lidar_path']).stem,
             'metadata': {'token': info['token']},
         }
-        if 'gt_boxes' in info and self.class_names:
+        if self.task == 'segmentation':
+            lidar_file = self.root_path / info['lidar_path']
+            input_dict['metadata'].update(lidar_token=info['lidar_token'], lidar_path=os.path.abspath(lidar_file),
+                                          num_raw_points=int(num_points_in_file(lidar_file)))
+        elif self.task == 'occupancy':
+            input_dict['metadata'].update(lidar_token=info['lidar_token'], scene_token=info['scene_token'])
+            input_dict['gt_occupancy'] = occupancy.load_occupancy(occupancy.occupancy_path(self.occ_root, info),
+                                                                  self.occ_grid)
+        if 'gt_boxes' in info and self.uses_boxes:
             mask = None
             if self._cfg('FILTER_MIN_POINTS_IN_GT'):
                 mask = info['num_lidar_pts'] > self._cfg('FILTER_MIN_POINTS_IN_GT') - 1
@@ -267,6 +327,13 @@ class NuScenesDataset(DatasetTemplate):
                 data_dict['gt_boxes'][np.isnan(data_dict['gt_boxes'])] = 0
             if not self._cfg('PRED_VELOCITY'):
                 data_dict['gt_boxes'] = data_dict['gt_boxes'][:, [0, 1, 2, 3, 4, 5, 6, -1]]
+        return data_dict
+
+    def transform_with_augmentation(self, data_dict):
+        """gt_occupancy follows the points: moved with lidar_aug_matrix (occupancy.transform_occupancy)."""
+        if data_dict.get('gt_occupancy') is not None:
+            data_dict['gt_occupancy'] = occupancy.transform_occupancy(data_dict['gt_occupancy'],
+                                                                      data_dict['lidar_aug_matrix'], self.occ_grid)
         return data_dict
 
     def evaluation(self, det_annos, class_names, **kwargs):

@@ -3,6 +3,8 @@
 Info dict, one per keyframe (OpenPCDet schema, spec §2.1; frames: "LiDAR" = keyframe LIDAR_TOP sensor frame):
     lidar_path        str, LIDAR_TOP `.pcd.bin` relative to the dataroot (`DATA_PATH/VERSION`)
     token             sample token
+    lidar_token       the key frame's LIDAR_TOP sample_data token (lidarseg / occupancy file names)
+    scene_token       the sample's scene token (occupancy folder `scene_<scene_token>`)
     sweeps            list of exactly MAX_SWEEPS-1 dicts {lidar_path, sample_data_token, transform_matrix (4x4
                       sweep LiDAR -> keyframe LiDAR, None for the keyframe itself), global_from_car,
                       car_from_current, time_lag (s, keyframe time - sweep time)}; a short chain starts with the
@@ -176,6 +178,7 @@ def build_info(nusc, sample, max_sweeps, with_gt):
     car_from_global = pose_matrix(nusc.get('ego_pose', ref_sd_rec['ego_pose_token']), inverse=True)
     info = {
         'lidar_path': ref_sd_rec['filename'], 'token': sample['token'],
+        'lidar_token': ref_sd_rec['token'], 'scene_token': sample['scene_token'],
         'sweeps': build_sweeps(nusc, ref_sd_rec, ref_from_car, car_from_global, max_sweeps),
         'ref_from_car': ref_from_car, 'car_from_global': car_from_global,
         'timestamp': 1e-6 * ref_sd_rec['timestamp'], 'info_schema': INFO_SCHEMA,

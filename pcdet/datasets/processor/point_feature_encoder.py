@@ -5,10 +5,11 @@ Config `DATA_CONFIG.POINT_FEATURE_ENCODING`: `encoding_type` (only `absolute_coo
 keep), optional `filter_sweeps` + `max_sweeps` (keep points whose rounded `timestamp` is among the first
 `max_sweeps` distinct values).
 
-Carried columns (`num_carried_columns` K, e.g. per-point teacher features, DatasetTemplate passes
-TEACHER_FEATURES.NUM_FEATURES): the loaded points then have K trailing columns after the src_feature_list ones; they
-are not features of the model input here, just passed through unchanged behind the encoded columns (row filters such
-as filter_sweeps apply to them too). DatasetTemplate splits them off after the data processor.
+Carried columns (`num_carried_columns` K: per-point teacher features, segmentation labels and raw indices, see
+datasets/carried_columns.py; DatasetTemplate passes the total width): the loaded points then have K trailing
+columns after the src_feature_list ones; they are not features of the model input here, just passed through
+unchanged behind the encoded columns (row filters such as filter_sweeps apply to them too). DatasetTemplate splits
+them off after the data processor.
 
 data_dict keys
     reads:  points (N, len(src_feature_list) + K)
@@ -64,8 +65,8 @@ class PointFeatureEncoder:
         points = data_dict['points']
         expected = len(self.src_feature_list) + self.num_carried_columns
         if points.ndim != 2 or points.shape[-1] != expected:
-            carried = f' + {self.num_carried_columns} carried (teacher feature) columns' if self.num_carried_columns \
-                else ''
+            carried = f' + {self.num_carried_columns} carried columns (teacher features / per-point labels)' \
+                if self.num_carried_columns else ''
             raise ValueError(
                 f'points have {points.shape[-1] if points.ndim == 2 else points.shape} columns but '
                 f'{SECTION}.src_feature_list expects {len(self.src_feature_list)}: {self.src_feature_list}{carried}')
