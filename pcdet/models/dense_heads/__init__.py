@@ -5,8 +5,12 @@ predict_boxes_when_training, voxel_size`.
 """
 from .center_head import CenterHead
 from .gpicture_head import GPicturePretrainHead
+from .occ_head import OccHead
+from .seg_head import SegHead
 
 __all__ = {
     'CenterHead': CenterHead,
     'GPicturePretrainHead': GPicturePretrainHead,
+    'SegHead': SegHead,
+    'OccHead': OccHead,
 }

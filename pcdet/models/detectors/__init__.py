@@ -6,11 +6,14 @@ Every detector takes `(model_cfg, num_class, dataset)` where `dataset` is a data
 from .centerpoint import CenterPoint
 from .detector3d_template import Detector3DTemplate, ModelGeometry  # noqa: F401 (ModelGeometry: public)
 from .gpicture import GPICTURE
+from .task_models import OccupancyNet, Segmentor3D
 
 __all__ = {
     'Detector3DTemplate': Detector3DTemplate,
     'CenterPoint': CenterPoint,
     'GPICTURE': GPICTURE,
+    'Segmentor3D': Segmentor3D,
+    'OccupancyNet': OccupancyNet,
 }
 
 

@@ -79,7 +79,11 @@ class DSVT(nn.Module):
         writes voxel_features = pillar_features (N_last, d_model[-1]), voxel_coords (N_last, 4) long [b, z, y, x] of
                the last stage, voxel_grid_shape (nx, ny, nz) of the last stage's grid (checked by the BEV scatter),
                dsvt_pooling_maps: list (stage_num - 1) of (N_s,) long, the stage-(s+1) voxel of every stage-s voxel
-               (compose them to map a stage-0 voxel to its last-stage token);
+               (compose them to map a stage-0 voxel to its last-stage token),
+               dsvt_stage_features: list (stage_num) of (N_s, d_model[s]), the output of stage s's blocks (before
+               its pooling; the last entry is voxel_features), dsvt_stage_coords: list (stage_num) of (N_s, 4) long
+               [b, z, y, x] on stage s's grid (`sparse_shape_list[s]`; entry 0 = the input voxel_coords) -- the
+               per-stage features that dense task heads (segmentation up-sampling, occupancy volumes) read;
                with record_encoder_layers: encoder_layer_features, a list over the 2 * (number of blocks) encoder
                layers of (stage index, (N_stage, C) output of that layer) -- the activations CKA compares.
 
@@ -185,6 +189,7 @@ class DSVT(nn.Module):
         output = voxel_info['voxel_feats_stage0']
         record = bool(batch_dict.get('record_encoder_layers', False))
         layer_features = []
+        stage_features = []
         block_id = 0
         for s in range(self.stage_num):
             shifts = range(self.num_shifts[s])
@@ -205,6 +210,7 @@ class DSVT(nn.Module):
                     layer_features += [(s, feats) for feats in layer_outputs]
                 output = residual_norms[b](out + output)
                 block_id += 1
+            stage_features.append(output)
             if s < self.stage_num - 1:
                 output = self._reduce(voxel_info, output, s)
 
@@ -213,6 +219,8 @@ class DSVT(nn.Module):
         batch_dict['voxel_grid_shape'] = self.output_sparse_shape
         batch_dict['dsvt_pooling_maps'] = [voxel_info[f'pooling_mapping_index_stage{s}']
                                            for s in range(1, self.stage_num)]
+        batch_dict['dsvt_stage_features'] = stage_features
+        batch_dict['dsvt_stage_coords'] = [voxel_info[f'voxel_coors_stage{s}'] for s in range(self.stage_num)]
         if record:
             batch_dict['encoder_layer_features'] = layer_features
         return batch_dict
