@@ -127,11 +127,6 @@ class DatasetTemplate(torch_data.Dataset):
         'SAMPLED_INTERVAL': None,           # {train: k, test: k}; None: every frame
         'VERSION': None,
         'MAX_SWEEPS': 1,
-        'TASK': 'detection',
-        'SEG_LABEL_SWEEPS': False,
-        'OCC_PATH': 'nuScenes-Occupancy',
-        'OCC_GRID_SIZE': [512, 512, 40],
-        'OCC_POINT_CLOUD_RANGE': [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0],
         **NONFINITE_POINTS_SCHEMA.keys,     # read by pcdet.utils.point_io
     })
 
