@@ -9,6 +9,9 @@ import torch
 
 # batch_dict keys that load_data_to_device leaves alone (strings / metadata), as upstream's load_data_to_gpu.
 SKIP_KEYS = ('frame_id', 'metadata', 'calib', 'image_paths', 'ori_shape', 'img_process_infos')
+# Label arrays that keep an integer dtype on the device: a float32 copy of a (B, 512, 512, 40) occupancy volume would
+# be 4x its uint8 size, and indices / class ids beyond 2^24 would not survive float32.
+INTEGER_KEYS = {'point_seg_labels': torch.long, 'point_raw_index': torch.long, 'gt_occupancy': torch.uint8}
 
 
 def load_data_to_device(batch_dict, device):
@@ -16,7 +19,7 @@ def load_data_to_device(batch_dict, device):
 
     Every `np.ndarray` value becomes a float32 tensor on `device` (integer arrays too, e.g. `voxel_coords`;
     modules cast with `.long()`), except `image_shape` (int32), keys in `SKIP_KEYS`, and non-numeric arrays
-    (strings / objects), which stay as they are. Tensors already in the batch are moved to `device`;
+    (strings / objects), which stay as they are, and the label keys in `INTEGER_KEYS` (int64 / uint8). Tensors already in the batch are moved to `device`;
     other values (e.g. `batch_size`) are untouched.
     """
     device = torch.device(device)
@@ -31,6 +34,8 @@ def load_data_to_device(batch_dict, device):
             continue
         elif key == 'image_shape':
             batch_dict[key] = torch.from_numpy(val).int().to(device)
+        elif key in INTEGER_KEYS:
+            batch_dict[key] = torch.from_numpy(val).to(device=device, dtype=INTEGER_KEYS[key])
         else:
             batch_dict[key] = torch.from_numpy(val).float().to(device)
     return batch_dict
