@@ -10,9 +10,18 @@ exactly (another architecture or head setting) stops with `CheckpointMismatchErr
 and a file torch cannot read stops with `CheckpointReadError`. `--allow_partial_load` evaluates such a model anyway
 and logs a WARNING listing what did not load.
 
+The evaluator follows DATA_CONFIG.TASK (pcdet/evaluation): `detection` (default; the dataset's official
+detection metric), `segmentation` (nuScenes-lidarseg results folder + nuscenes-devkit LidarSegEval) or `occupancy`
+(OpenOccupancy SC IoU / SSC mIoU). Every task logs its table and metrics; --eval_all also writes them to
+tensorboard (`tensorboard_<split>/`).
+
 Outputs in `output/<cfg group>/<cfg stem>/<extra_tag>/eval/epoch_<N>/<DATA_SPLIT.test>/<eval_tag>/`:
-`log_eval_<time>.txt`, `result.pkl`, `final_result/data/`; with --eval_all
-`eval/eval_all_default/<eval_tag>/` holds the log, `eval_list_<split>.txt` and `epoch_<N>/<split>/` per checkpoint.
+`log_eval_<time>.txt` and the task's files: detection `result.pkl`, `final_result/data/` (dataset files, plus
+per-frame files with --save_to_file); segmentation `lidarseg/<eval_set>/<lidar_token>_lidarseg.bin`,
+`<eval_set>/submission.json`, `result.pkl`, `result.txt`; occupancy `result.pkl` (metrics + confusion matrix),
+`result.txt` (with --save_to_file also `final_result/data/occupancy/scene_<scene>/occupancy/<lidar_token>.npy`).
+With --eval_all `eval/eval_all_default/<eval_tag>/` holds the log, `eval_list_<split>.txt` and `epoch_<N>/<split>/`
+per checkpoint.
 """
 import sys
 from pathlib import Path
@@ -28,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pcdet.config import log_config_to_file  # noqa: E402
+from pcdet.evaluation import task_of  # noqa: E402
 from pcdet.training.distributed import init_dist, single_process_info, split_batch_size  # noqa: E402
 from pcdet.training.eval_loop import epoch_id_from_ckpt, eval_one_epoch, repeat_eval_ckpt  # noqa: E402
 from pcdet.training.run_utils import (  # noqa: E402
@@ -113,10 +123,12 @@ def main(argv=None):
     test_set, test_loader, _ = build_dataloader(
         dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, batch_size=batch_size, dist=dist_test,
         workers=args.workers, logger=logger, training=False)
+    task = task_of(test_set, cfg)  # an unknown DATA_CONFIG.TASK stops here, before the model is built
+    logger.info(f'evaluation task: {task} (DATA_CONFIG.TASK)')
     model = build_network(model_cfg=cfg.MODEL, num_class=len(cfg.CLASS_NAMES), dataset=test_set)
     if getattr(model, 'skip_evaluation', False):
         logger.error(f'{args.cfg_file}: {cfg.MODEL.NAME} is a pretraining model without an evaluation metric; '
-                     'evaluate a fine-tuned detector instead (tools/train.py --pretrained_model CKPT)')
+                     'evaluate a fine-tuned model instead (tools/train.py --pretrained_model CKPT)')
         raise SystemExit(2)
 
     load_weights = eval_weight_loader(strict=not args.allow_partial_load)

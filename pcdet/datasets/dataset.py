@@ -112,6 +112,7 @@ class DatasetTemplate(torch_data.Dataset):
     # applies to the template's reads too) and the config validator picks it by DATASET.
     CONFIG_SCHEMA = Schema('DATA_CONFIG', {
         'DATASET': REQUIRED,
+        'TASK': 'detection',                # detection | segmentation | occupancy (pcdet/evaluation)
         'DATA_PATH': None,                  # needed to build the dataset (not for inference from files)
         'POINT_CLOUD_RANGE': REQUIRED,
         'DATA_SPLIT': None,                 # {train: <split>, test: <split>}; needed by some datasets

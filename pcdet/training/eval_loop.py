@@ -1,21 +1,22 @@
 """Evaluation (spec §1.13): one checkpoint, a list of checkpoints, or polling a folder (`--eval_all`).
 
     eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=False, result_dir=None,
-                   load_fn=None, device=None) -> ret_dict (rank 0; {} elsewhere)
+                   load_fn=None, device=None, show_progress=True, evaluator=None) -> metrics (rank 0; {} elsewhere)
     repeat_eval_ckpt(model, test_loader, args, eval_output_dir, logger, ckpt_dir, dist_test=False, cfg=None,
                      tb_log=None, load_params=None, poll_seconds=30) -> list of evaluated epoch ids
     eval_checkpoint_list(model, test_loader, args, eval_output_dir, logger, ckpts, cfg, ...)
     epoch_id_from_ckpt(path) -> 'N' for `checkpoint_epoch_N.pth`, else 'no_number'
 
-`args` only needs `save_to_file`, `infer_time` (and `start_epoch`, `max_waiting_mins` for polling); missing
-attributes default to False/0. `result_dir` receives `result.pkl` (atomic) and `final_result/data/` (the
-dataset's output folder, e.g. `results_nusc.json`).
+`eval_one_epoch` is task-agnostic: it runs the model (`pred_dicts, ret_dict = model(batch_dict)`) and feeds every
+batch to an evaluator (`pcdet.evaluation`, picked by DATA_CONFIG.TASK: detection, segmentation, occupancy), which
+writes the task's files into `result_dir` (detection: `result.pkl` and `final_result/data/`, e.g.
+`results_nusc.json`) and returns the metrics. `args` only needs `save_to_file`, `infer_time` (and `start_epoch`,
+`max_waiting_mins` for polling); missing attributes default to False/0.
 
 Distributed evaluation: every rank runs the unwrapped model on its shard (no DDP wrapper, so shards of unequal
-cost never deadlock); predictions and recall counters are merged in memory with `all_gather_object` and put back
-in dataset order using the sampler's indices (padding duplicates dropped); rank 0 writes and evaluates.
+cost never deadlock); the evaluator merges per-frame results and counters in memory with `all_gather_object` and
+puts them back in dataset order using the sampler's indices (padding duplicates dropped); rank 0 evaluates.
 """
-import inspect
 import logging
 import re
 import time
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..utils.file_utils import atomic_pickle_dump, atomic_save_text
-from .distributed import all_gather_object, broadcast_object, get_rank, is_dist, merge_sharded_results, unwrap_model
+from ..utils.file_utils import atomic_save_text
+from .distributed import broadcast_object, get_rank, is_dist, unwrap_model
 
 CKPT_EPOCH = re.compile(r'checkpoint_epoch_(\d+)\.pth$')
 
@@ -38,84 +39,32 @@ def epoch_id_from_ckpt(path):
     return match.group(1) if match else 'no_number'
 
 
-def _post_processing_value(cfg, key):
-    """MODEL.POST_PROCESSING[key] of a full config, else the default the detectors declare (POST_PROCESSING_SCHEMA;
-    a config without MODEL, e.g. in tests, reads the defaults)."""
-    from ..models.detectors.detector3d_template import POST_PROCESSING_SCHEMA
-    model_cfg = cfg['MODEL'] if cfg is not None and 'MODEL' in cfg else {}
-    # not Detector3DTemplate.CONFIG_SCHEMA.get: filling an absent block would demand its NMS_CONFIG.NMS_TYPE
-    post = model_cfg['POST_PROCESSING'] if 'POST_PROCESSING' in model_cfg else None
-    return POST_PROCESSING_SCHEMA.get(post, key)
-
-
-def _recall_thresholds(cfg):
-    return list(_post_processing_value(cfg, 'RECALL_THRESH_LIST'))
-
-
-def statistics_info(cfg, ret_dict, metric, disp_dict):
-    """Accumulate upstream's recall counters (`roi_<t>`, `rcnn_<t>`, `gt`) from a model's eval `ret_dict`."""
-    thresholds = _recall_thresholds(cfg)
-    ret_dict = ret_dict or {}
-    for thresh in thresholds:
-        metric[f'recall_roi_{thresh}'] += _as_number(ret_dict.get(f'roi_{thresh}', 0))
-        metric[f'recall_rcnn_{thresh}'] += _as_number(ret_dict.get(f'rcnn_{thresh}', 0))
-    metric['gt_num'] += _as_number(ret_dict.get('gt', 0))
-    if thresholds:
-        t = thresholds[0]
-        disp_dict[f'recall_{t}'] = (f'({metric[f"recall_roi_{t}"]:.0f}, {metric[f"recall_rcnn_{t}"]:.0f}) / '
-                                    f'{metric["gt_num"]:.0f}')
-
-
-def _as_number(value):
-    return float(value.sum()) if torch.is_tensor(value) else float(value)
-
-
 def _default_load_fn():
     from ..utils.batching import load_data_to_device  # lazy: only needed with real models
     return load_data_to_device
 
 
-def _shard_indices(dataloader):
-    sampler = getattr(dataloader, 'sampler', None)
-    if sampler is not None and hasattr(sampler, 'num_replicas'):
-        return [int(i) for i in iter(sampler)]
-    return None
-
-
-def _evaluation_kwargs(dataset, cfg, output_path):
-    kwargs = {'output_path': output_path}
-    metric = _post_processing_value(cfg, 'EVAL_METRIC')
-    if metric is not None:
-        params = inspect.signature(dataset.evaluation).parameters
-        if 'eval_metric' in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            kwargs['eval_metric'] = metric
-    return kwargs
-
-
 def eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=False, result_dir=None, load_fn=None,
-                   device=None, show_progress=True):
-    """Run the model over `dataloader`, write `result.pkl`, call `dataset.evaluation` (rank 0)."""
+                   device=None, show_progress=True, evaluator=None):
+    """Run the model over `dataloader`, feed every batch to the task's evaluator (`build_evaluator`: picked by
+    DATA_CONFIG.TASK, or the one given), log and return its metrics (rank 0; {} elsewhere)."""
+    from ..evaluation import build_evaluator  # lazy: pcdet.evaluation imports this package's distributed helpers
     logger = logger or logging.getLogger('pcdet')
     save_to_file = bool(getattr(args, 'save_to_file', False))
     infer_time = bool(getattr(args, 'infer_time', False))
     result_dir = Path(result_dir)
-    final_output_dir = result_dir / 'final_result' / 'data'
     rank = get_rank()
-    final_output_dir.mkdir(parents=True, exist_ok=True)
+    result_dir.mkdir(parents=True, exist_ok=True)
     dist_test = dist_test and is_dist()
     model = unwrap_model(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     load_fn = load_fn or _default_load_fn()
 
-    thresholds = _recall_thresholds(cfg)
-    metric = {'gt_num': 0.0}
-    for thresh in thresholds:
-        metric[f'recall_roi_{thresh}'] = 0.0
-        metric[f'recall_rcnn_{thresh}'] = 0.0
-
     dataset = dataloader.dataset
-    class_names = dataset.class_names
-    det_annos = []
+    if evaluator is None:
+        evaluator = build_evaluator(dataset, cfg, result_dir, dataloader=dataloader, logger=logger,
+                                    dist_test=dist_test, save_to_file=save_to_file)
+    evaluator.reset()
     logger.info(f'*************** EPOCH {epoch_id} EVALUATION *****************')
     model.eval()
     pbar = None
@@ -140,27 +89,12 @@ def eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=Fal
                 infer_total += (time.perf_counter() - t0) * 1000.0
                 infer_count += 1
                 disp_dict['infer_time'] = f'{infer_total / infer_count:.2f} ms'
-        statistics_info(cfg, ret_dict, metric, disp_dict)
-        annos = dataset.generate_prediction_dicts(batch_dict, pred_dicts, class_names,
-                                                  output_path=final_output_dir if save_to_file else None)
-        det_annos += annos
+        disp_dict.update(evaluator.process(batch_dict, pred_dicts, ret_dict=ret_dict) or {})
         if pbar is not None:
             pbar.set_postfix(disp_dict)
             pbar.update()
     if pbar is not None:
         pbar.close()
-
-    if dist_test:
-        index_parts = all_gather_object(_shard_indices(dataloader))
-        parts = all_gather_object(det_annos)
-        if any(ix is None or len(ix) != len(p) for ix, p in zip(index_parts, parts)):
-            index_parts = None  # unknown sampler layout: assume OpenPCDet's strided sharding
-        det_annos = merge_sharded_results(parts, index_parts, total=len(dataset))
-        merged = {key: 0.0 for key in metric}
-        for part in all_gather_object(metric):
-            for key, value in part.items():
-                merged[key] += value
-        metric = merged
 
     logger.info(f'*************** Performance of EPOCH {epoch_id} *****************')
     sec_per_example = (time.time() - start_time) / max(len(dataset), 1)
@@ -169,30 +103,13 @@ def eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=Fal
         batch_size = getattr(dataloader, 'batch_size', None) or 1
         logger.info(f'Inference time: {infer_total / infer_count:.2f} ms per batch of {batch_size} '
                     f'({infer_count} batches after {warmup_batches} warm-up)')
+    result_str, metrics = evaluator.evaluate()  # collective: every rank takes part, rank 0 gets the metrics
     if rank != 0:
         return {}
-
-    ret_dict = {}
-    gt_num_cnt = metric['gt_num']
-    for thresh in thresholds:
-        roi_recall = metric[f'recall_roi_{thresh}'] / max(gt_num_cnt, 1)
-        rcnn_recall = metric[f'recall_rcnn_{thresh}'] / max(gt_num_cnt, 1)
-        logger.info(f'recall_roi_{thresh}: {roi_recall:f}')
-        logger.info(f'recall_rcnn_{thresh}: {rcnn_recall:f}')
-        ret_dict[f'recall/roi_{thresh}'] = roi_recall
-        ret_dict[f'recall/rcnn_{thresh}'] = rcnn_recall
-    total_pred_objects = sum(len(anno['name']) for anno in det_annos)
-    logger.info(f'Average predicted number of objects({len(det_annos)} samples): '
-                f'{total_pred_objects / max(1, len(det_annos)):.3f}')
-    atomic_pickle_dump(det_annos, result_dir / 'result.pkl')
-
-    result_str, result_dict = dataset.evaluation(det_annos, class_names,
-                                                 **_evaluation_kwargs(dataset, cfg, final_output_dir))
     logger.info(result_str)
-    ret_dict.update(result_dict or {})
     logger.info(f'Result is saved to {result_dir}')
     logger.info('****************Evaluation done.*****************')
-    return ret_dict
+    return metrics
 
 
 def _default_load_params(model, filename, logger, to_cpu):

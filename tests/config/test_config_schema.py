@@ -241,8 +241,8 @@ def test_dataset_side_modules_fill_the_declared_defaults(tmp_path):
     from pcdet.datasets.teachers.seal_minkunet import SealMinkUNetTeacher
     from pcdet.datasets.teachers.synthetic_semantic import SyntheticSemanticTeacher
     from pcdet.datasets.waymo import waymo_utils
+    from pcdet.evaluation.detection import _recall_thresholds
     from pcdet.models.detectors.detector3d_template import POST_PROCESSING_SCHEMA
-    from pcdet.training.eval_loop import _recall_thresholds
     from pcdet.utils.checkpoint import PRETRAINED_ENCODER_SCHEMA
     from pcdet.utils.point_io import NONFINITE_POINTS_SCHEMA, nonfinite_points_policy
 
