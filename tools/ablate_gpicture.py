@@ -65,7 +65,7 @@ def detection_metrics(eval_dir):
 def evaluator_metrics(keys):
     """Reader of the metrics file the segmentation / occupancy evaluators write: {column: metric key}."""
     def read(eval_dir):
-        metrics = json.loads((eval_dir / 'final_result' / 'data' / 'metrics.json').read_text())
+        metrics = json.loads((eval_dir / 'metrics.json').read_text())  # written by tools/test.py (eval_loop)
         return {column: metrics[key] for column, key in keys.items()}
     return read
 

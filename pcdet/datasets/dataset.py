@@ -121,7 +121,6 @@ class DatasetTemplate(torch_data.Dataset):
         'DATA_AUGMENTOR': DATA_AUGMENTOR_SCHEMA,
         'DATA_PROCESSOR': SelectList(lambda name: pick(PROCESSOR_SCHEMAS, name, 'processor', 'NAME')),
         'TEACHER_FEATURES': TEACHER_FEATURES_ENTRY,     # by NAME; None when absent
-        'TASK': 'detection',                # detection | segmentation | occupancy (SUPPORTED_TASKS of the dataset)
         'PRED_VELOCITY': False,
         'TRAIN_WITH_SPEED': False,
         'PROCESSED_DATA_TAG': None,

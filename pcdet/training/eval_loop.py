@@ -10,14 +10,17 @@
 `eval_one_epoch` is task-agnostic: it runs the model (`pred_dicts, ret_dict = model(batch_dict)`) and feeds every
 batch to an evaluator (`pcdet.evaluation`, picked by DATA_CONFIG.TASK: detection, segmentation, occupancy), which
 writes the task's files into `result_dir` (detection: `result.pkl` and `final_result/data/`, e.g.
-`results_nusc.json`) and returns the metrics. `args` only needs `save_to_file`, `infer_time` (and `start_epoch`,
+`results_nusc.json`) and returns the metrics; rank 0 also writes them to `result_dir/metrics.json` (numbers,
+strings and lists; NaN as null) for scripts. `args` only needs `save_to_file`, `infer_time` (and `start_epoch`,
 `max_waiting_mins` for polling); missing attributes default to False/0.
 
 Distributed evaluation: every rank runs the unwrapped model on its shard (no DDP wrapper, so shards of unequal
 cost never deadlock); the evaluator merges per-frame results and counters in memory with `all_gather_object` and
 puts them back in dataset order using the sampler's indices (padding duplicates dropped); rank 0 evaluates.
 """
+import json
 import logging
+import math
 import re
 import time
 from pathlib import Path
@@ -107,9 +110,25 @@ def eval_one_epoch(cfg, args, model, dataloader, epoch_id, logger, dist_test=Fal
     if rank != 0:
         return {}
     logger.info(result_str)
+    atomic_save_text(json.dumps(_json_metrics(metrics), indent=1, sort_keys=True), Path(result_dir) / 'metrics.json')
     logger.info(f'Result is saved to {result_dir}')
     logger.info('****************Evaluation done.*****************')
     return metrics
+
+
+def _json_metrics(metrics):
+    """The JSON-representable part of a metrics dict: numbers (NaN / inf -> None), strings, lists of them."""
+    def convert(value):
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        if isinstance(value, str) or value is None:
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return str(value)
+        return number if math.isfinite(number) else None
+    return {str(key): convert(value) for key, value in (metrics or {}).items()}
 
 
 def _default_load_params(model, filename, logger, to_cpu):

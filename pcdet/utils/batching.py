@@ -18,9 +18,9 @@ def load_data_to_device(batch_dict, device):
     """Move a collated batch to `device` in place (and return it), with upstream `load_data_to_gpu` semantics.
 
     Every `np.ndarray` value becomes a float32 tensor on `device` (integer arrays too, e.g. `voxel_coords`;
-    modules cast with `.long()`), except `image_shape` (int32), keys in `SKIP_KEYS`, and non-numeric arrays
-    (strings / objects), which stay as they are, and the label keys in `INTEGER_KEYS` (int64 / uint8). Tensors already in the batch are moved to `device`;
-    other values (e.g. `batch_size`) are untouched.
+    modules cast with `.long()`), except `image_shape` (int32), the label keys in `INTEGER_KEYS` (int64 / uint8),
+    keys in `SKIP_KEYS`, and non-numeric arrays (strings / objects), which stay as they are. Tensors already in the
+    batch are moved to `device`; other values (e.g. `batch_size`) are untouched.
     """
     device = torch.device(device)
     for key, val in batch_dict.items():
