@@ -10,7 +10,7 @@ Architecture:
    `[(xyz - voxel centre) / voxel size, z, the other raw point features (intensity, time lag, ...)]`
    (`point_mlp`: Linear + BatchNorm1d + ReLU per width in `POINT_BRANCH.HIDDEN_CHANNELS`). Without it every point
    of a voxel receives the same logits; with 0.8 m x 0.8 m x 8 m pillars (the tiny configs) ground and car points
-   of one pillar would be indistinguishable (docs/SEG_OCC_MODELS.md, decision "point branch").
+   of one pillar would be indistinguishable (docs/SEGMENTATION_OCCUPANCY.md, decision "point branch").
 3. Classifier (`classifier`): Linear + BatchNorm1d + ReLU per width in `CLS_HIDDEN_CHANNELS` ([] = one linear
    layer, D5's per-voxel linear head), then Linear -> 16 (column c <-> official lidarseg id c + 1).
 
