@@ -1,10 +1,16 @@
-"""The training loop (spec §1.10): per-iteration LR schedule, AMP, non-finite guard, clipping, logging, checkpoints.
+"""The training loop (spec §1.10): a small Trainer running the step loop, with hooks around it.
 
     train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_cfg, start_epoch, total_epochs,
-                start_iter, rank, tb_log, ckpt_save_dir, train_sampler=None, ...) -> TrainResult
+                start_iter, rank, tb_log, ckpt_save_dir, train_sampler=None, ..., hooks=None) -> TrainResult
+    Trainer(model, optimizer, train_loader, model_func, lr_scheduler, optim_cfg, ...): register_hooks(hooks),
+                train(start_epoch, total_epochs, start_iter) -> TrainResult, run_step(batch, epoch_iter)
     resolve_amp_mode(optim_cfg, use_amp=False) -> 'off' | 'fp16' | 'bf16'
     build_grad_scaler(amp_mode, device, optim_cfg) -> torch.amp.GradScaler (enabled only for fp16)
     make_model_func(device) -> model_func(model, batch_dict) -> (loss, tb_dict, disp_dict)
+
+The Trainer owns the data order and the optimizer step; everything else is a hook (pcdet.training.hooks):
+checkpoints (CheckpointHook), TensorBoard/tqdm/log lines (LoggingHook), `HOOK.DisableAugmentationHook`
+(DisableAugmentationHook) and whatever the model declares in `training_hooks()` (GPICTURE: DGPLGateHook).
 
 One iteration (global iteration `it` = `accumulated_iter`, 0-based):
     lr_scheduler.step(it); zero_grad; forward under autocast (fp16/bf16/off); backward (scaled for fp16);
@@ -12,9 +18,9 @@ One iteration (global iteration `it` = `accumulated_iter`, 0-based):
     GradScaler handles overflow, the gradient norm) is not finite on ANY rank, the step is skipped on every rank,
     logged and counted (`meta_data/skipped_steps`); else optimizer step; `it += 1`.
 The only host sync per iteration is one small device->host copy that carries the loss, the grad norm, the skip
-flag and any tensor-valued tb_dict entries (needed for the skip decision anyway). Timings are local to each process
-(no per-iteration all-gather). Rank 0 writes TensorBoard scalars `train/loss`, `meta_data/learning_rate`,
-`train/<tb_dict key>`, `train/grad_norm` every iteration and logs a line every `logger_iter_interval` iterations.
+flag, the hooks' per-step flags (`sync_flags`, e.g. "latest_model.pth is due") and any tensor-valued tb_dict entries
+(needed for the skip decision anyway); under DDP the skip flag and the hook flags share one all-reduce. Timings are
+local to each process (no per-iteration all-gather).
 
 Data order: every epoch the sampler is re-seeded as a function of `(data_seed, epoch)` (`set_epoch` for a
 DistributedSampler, a seeded generator for a RandomSampler), and the DataLoader's worker base seed likewise, so
@@ -36,8 +42,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler
 
-from .checkpointing import LATEST_NAME, checkpoint_state, prune_checkpoints, save_checkpoint
-from .distributed import gather_rng_states, is_dist, unwrap_model
+from .distributed import is_dist, unwrap_model
+from .hooks import CheckpointHook, DisableAugmentationHook, HookBase, LoggingHook, model_training_hooks
 from .optimization import OPTIMIZATION_SCHEMA
 
 AMP_ALIASES = {
@@ -154,27 +160,6 @@ def _iterator_skipping(train_loader, skip, logger=None):
     return iterator
 
 
-def _format_seconds(seconds):
-    seconds = int(max(seconds, 0))
-    hours, rem = divmod(seconds, 3600)
-    minutes, secs = divmod(rem, 60)
-    return f'{hours:d}:{minutes:02d}:{secs:02d}' if hours else f'{minutes:02d}:{secs:02d}'
-
-
-class _Average:
-    def __init__(self):
-        self.total, self.count, self.value = 0.0, 0, 0.0
-
-    def update(self, value):
-        self.value = float(value)
-        self.total += self.value
-        self.count += 1
-
-    @property
-    def avg(self):
-        return self.total / max(self.count, 1)
-
-
 @dataclass
 class TrainResult:
     accumulated_iter: int = 0
@@ -183,230 +168,220 @@ class TrainResult:
     checkpoints: list = None
 
 
+@dataclass
+class StepOutput:
+    """One iteration as the hooks see it (host values, copied in the step's single device->host transfer)."""
+    epoch_iter: int
+    lr: float
+    loss: float
+    grad_norm: float
+    skipped: bool
+    data_time: float
+    batch_time: float
+    tb_dict: dict
+    tb_values: dict      # tb_dict's one-element tensors on the loss device, as floats
+    disp_dict: dict
+    flags: dict          # the hooks' sync_flags, agreed by all ranks (pcdet.training.hooks)
+
+
 class NonFiniteLossError(FloatingPointError):
     """Too many consecutive iterations had a non-finite loss or gradient."""
+
+
+class Trainer:
+    """The step loop: per-epoch data order, one optimizer step per batch, hooks around it (pcdet.training.hooks).
+
+    `Trainer(model, optimizer, train_loader, model_func, lr_scheduler, optim_cfg, ...)`, `register_hooks(hooks)`,
+    `train(start_epoch, total_epochs, start_iter) -> TrainResult`. Checkpoints, logging, augmentation switches and
+    model-specific per-epoch logic are hooks; the step itself (`run_step`) is described in the module docstring.
+    """
+
+    def __init__(self, model, optimizer, train_loader, model_func, lr_scheduler, optim_cfg, rank=0, tb_log=None,
+                 ckpt_dir=None, train_sampler=None, merge_all_iters_to_one_epoch=False, amp_mode='off', scaler=None,
+                 logger=None, data_seed=None, device=None, max_consecutive_skips=None):
+        self.model, self.optimizer, self.train_loader, self.model_func = model, optimizer, train_loader, model_func
+        self.lr_scheduler, self.train_sampler, self.tb_log = lr_scheduler, train_sampler, tb_log
+        self.dataset = getattr(train_loader, 'dataset', None)
+        self.logger = logger or logging.getLogger('pcdet')
+        self.device = torch.device(device) if device is not None else next(unwrap_model(model).parameters()).device
+        self.amp_mode = amp_mode
+        self.scaler = scaler if scaler is not None else build_grad_scaler(amp_mode, self.device, optim_cfg)
+        self.grad_clip = float(OPTIMIZATION_SCHEMA.get(optim_cfg, 'GRAD_NORM_CLIP') or 0)
+        if max_consecutive_skips is None:
+            max_consecutive_skips = int(OPTIMIZATION_SCHEMA.get(optim_cfg, 'MAX_CONSECUTIVE_NONFINITE'))
+        self.max_consecutive_skips = max_consecutive_skips
+        self.data_seed = int(torch.initial_seed() % (2 ** 31)) if data_seed is None else int(data_seed)
+        self.merge_all_iters_to_one_epoch = merge_all_iters_to_one_epoch
+        self.params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
+        self.rank, self.is_main, self.distributed = rank, rank == 0, is_dist()
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir is not None else None
+        self.hooks, self.flag_names, self.local_flags = [], [], {}
+        self.epoch = self.iter = self.epoch_start_iter = 0
+        self.step, self.result = None, None
+        self._step_end = time.time()   # end of the previous step (data_time / batch_time)
+
+    def register_hooks(self, hooks):
+        """Append `hooks` (HookBase instances; None entries are skipped); they run in this order."""
+        for hook in hooks:
+            if hook is None:
+                continue
+            if not isinstance(hook, HookBase):
+                raise TypeError(f'{hook!r} is not a pcdet.training.hooks.HookBase')
+            hook.trainer = self
+            self.hooks.append(hook)
+            self.flag_names += [name for name in hook.sync_flags if name not in self.flag_names]
+
+    def _call_hooks(self, stage):
+        for hook in self.hooks:
+            try:
+                getattr(hook, stage)()
+            except Exception as err:
+                where = f'{type(hook).__name__}.{stage} (epoch {self.epoch}, iteration {self.iter})'
+                self.logger.error(f'Training stopped: hook {where} raised {type(err).__name__}: {err}')
+                if hasattr(err, 'add_note'):  # Python >= 3.11
+                    err.add_note(f'raised in training hook {where}')
+                raise
+
+    def _iters_per_epoch(self, total_epochs):
+        iters = len(self.train_loader)
+        if self.merge_all_iters_to_one_epoch:
+            if not hasattr(self.dataset, 'merge_all_iters_to_one_epoch'):
+                raise ValueError('--merge_all_iters_to_one_epoch: the dataset has no merge_all_iters_to_one_epoch()')
+            self.dataset.merge_all_iters_to_one_epoch(merge=True, epochs=total_epochs)
+            iters = len(self.train_loader) // max(total_epochs, 1)
+        if iters <= 0:
+            raise ValueError('train_model: the training loader yields no batches')
+        return iters
+
+    def train(self, start_epoch, total_epochs, start_iter=0):
+        """Train from `(start_epoch, start_iter)` to `total_epochs`; `start_iter` is the accumulated iteration, and
+        when it lies inside `start_epoch` (a `latest_model.pth` resume) that epoch continues from there."""
+        self.start_epoch, self.total_epochs = int(start_epoch), int(total_epochs)
+        self.iters_per_epoch = per_epoch = self._iters_per_epoch(total_epochs)
+        self.iter = int(start_iter)
+        self.result = TrainResult(accumulated_iter=self.iter, checkpoints=[])
+        first_offset = self.iter - self.start_epoch * per_epoch
+        first_offset = first_offset if 0 <= first_offset < per_epoch else 0
+        self.iters_to_run = max((self.total_epochs - self.start_epoch) * per_epoch - first_offset, 1)
+        self.consecutive_skips, self.epoch = 0, self.start_epoch
+        self._call_hooks('before_train')
+        dataloader_iter = None
+        for epoch in range(self.start_epoch, self.total_epochs):
+            self.epoch = epoch
+            self.epoch_start_iter = offset = first_offset if epoch == self.start_epoch else 0
+            set_epoch_order(self.train_loader, self.train_sampler, epoch, self.data_seed)
+            self._call_hooks('before_epoch')
+            if dataloader_iter is None or not self.merge_all_iters_to_one_epoch:
+                dataloader_iter = _iterator_skipping(self.train_loader, offset, self.logger)
+                if offset:
+                    self.logger.info(f'Epoch {epoch}: continuing at iteration {offset}/{per_epoch} '
+                                     '(skipped batches are not loaded)')
+            self.model.train()
+            self._step_end = time.time()
+            for epoch_iter in range(offset, per_epoch):
+                self.local_flags = dict.fromkeys(self.flag_names, False)
+                self._call_hooks('before_step')
+                try:
+                    batch = next(dataloader_iter)
+                except StopIteration:
+                    dataloader_iter = iter(self.train_loader)
+                    batch = next(dataloader_iter)
+                self.step = self.run_step(batch, epoch_iter, data_time=time.time() - self._step_end)
+                self._call_hooks('after_step')
+            self.result.last_epoch = epoch + 1
+            self._call_hooks('after_epoch')
+        self.result.accumulated_iter = self.iter
+        self._call_hooks('after_train')
+        return self.result
+
+    def run_step(self, batch, epoch_iter, data_time=0.0):
+        """One optimizer iteration on `batch` (module docstring), called by `train`; returns its StepOutput and
+        advances `self.iter`."""
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step(self.iter)
+        optimizer, scaler = self.optimizer, self.scaler
+        use_fp16_scaler = scaler.is_enabled()
+        lr = optimizer.param_groups[0]['lr']
+        optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.amp_mode, self.device):
+            loss, tb_dict, disp_dict = self.model_func(self.model, batch)
+        loss = loss.float()
+        if use_fp16_scaler:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip if self.grad_clip > 0 else float('inf'))
+        loss_d = loss.detach()
+        bad = ~torch.isfinite(loss_d)
+        if not use_fp16_scaler:  # fp16 overflow is routine: the GradScaler skips and lowers the scale
+            bad = bad | ~torch.isfinite(grad_norm.to(loss_d.device))
+        # [non-finite, the hooks' sync flags]: one all-reduce tells every rank (e.g. rank 0's latest-save timer)
+        flags = torch.cat([bad.float().reshape(1), torch.tensor(
+            [float(self.local_flags[name]) for name in self.flag_names], device=bad.device)])
+        if self.distributed:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        tb_tensor_keys = [k for k, v in (tb_dict or {}).items()
+                          if torch.is_tensor(v) and v.numel() == 1 and v.device == loss_d.device]
+        stats = torch.cat([loss_d.reshape(1), grad_norm.detach().float().reshape(1).to(loss_d.device), flags]
+                          + [tb_dict[k].detach().float().reshape(1) for k in tb_tensor_keys]).cpu()
+        loss_value, grad_norm_value, skip = float(stats[0]), float(stats[1]), bool(stats[2] > 0)
+        n_flags = len(self.flag_names)
+        agreed = {name: bool(stats[3 + i] > 0) for i, name in enumerate(self.flag_names)}
+
+        result = self.result
+        if skip:
+            result.skipped_steps += 1
+            self.consecutive_skips += 1
+            if use_fp16_scaler:
+                scaler.update()
+            if self.is_main and (result.skipped_steps <= 10 or result.skipped_steps % 100 == 0):
+                self.logger.warning(
+                    f'Non-finite loss/gradient at epoch {self.epoch} iteration {epoch_iter} (accumulated '
+                    f'{self.iter}): loss={loss_value}, grad_norm={grad_norm_value}; optimizer step skipped '
+                    f'({result.skipped_steps} skipped so far)')
+            if self.max_consecutive_skips and self.consecutive_skips >= self.max_consecutive_skips:
+                raise NonFiniteLossError(f'{self.consecutive_skips} consecutive iterations had a non-finite loss or '
+                                         'gradient; stopping (lower the LR, try AMP off/bf16, check the data)')
+        else:
+            self.consecutive_skips = 0
+            if use_fp16_scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        self.iter += 1
+        now = time.time()
+        batch_time, self._step_end = now - self._step_end, now
+        return StepOutput(epoch_iter=epoch_iter, lr=lr, loss=loss_value, grad_norm=grad_norm_value, skipped=skip,
+                          data_time=data_time, batch_time=batch_time, tb_dict=tb_dict, disp_dict=disp_dict,
+                          tb_values=dict(zip(tb_tensor_keys, stats[3 + n_flags:].tolist())), flags=agreed)
 
 
 def train_model(model, optimizer, train_loader, model_func, lr_scheduler, optim_cfg, start_epoch, total_epochs,
                 start_iter, rank, tb_log, ckpt_save_dir, train_sampler=None, ckpt_save_interval=1,
                 max_ckpt_save_num=50, merge_all_iters_to_one_epoch=False, amp_mode='off', scaler=None, logger=None,
                 logger_iter_interval=50, ckpt_save_time_interval=300, use_logger_to_record=True, hook_cfg=None,
-                data_seed=None, device=None, show_progress=True, max_consecutive_skips=None):
-    """Train from `(start_epoch, start_iter)` to `total_epochs`. `start_iter` is the accumulated (global) iteration;
-    when it lies inside `start_epoch` (a `latest_model.pth` resume) the epoch continues from there.
+                data_seed=None, device=None, show_progress=True, max_consecutive_skips=None, hooks=None):
+    """Train from `(start_epoch, start_iter)` to `total_epochs` with a Trainer and the standard hooks.
 
     `model_func(model, batch_dict) -> (loss, tb_dict, disp_dict)` (see `make_model_func`). `hook_cfg`: the
     config's `HOOK` block (DisableAugmentationHook). `data_seed`: seed of the per-epoch data order (default:
     `torch.initial_seed()`), stored in checkpoints. Checkpoints `checkpoint_epoch_<N>.pth` are written every
     `ckpt_save_interval` epochs and after the last epoch (rank 0; all ranks contribute their RNG state), keeping the
-    last `max_ckpt_save_num`; `latest_model.pth` every `ckpt_save_time_interval` seconds (rank 0).
+    last `max_ckpt_save_num`; `latest_model.pth` every `ckpt_save_time_interval` seconds (rank 0). Hooks, in order:
+    DisableAugmentationHook (with `hook_cfg`), the model's `training_hooks()`, LoggingHook, CheckpointHook, `hooks`.
     """
-    logger = logger or logging.getLogger('pcdet')
-    device = torch.device(device) if device is not None else next(unwrap_model(model).parameters()).device
-    scaler = scaler if scaler is not None else build_grad_scaler(amp_mode, device, optim_cfg)
-    grad_clip = float(OPTIMIZATION_SCHEMA.get(optim_cfg, 'GRAD_NORM_CLIP') or 0)
-    if max_consecutive_skips is None:
-        max_consecutive_skips = int(OPTIMIZATION_SCHEMA.get(optim_cfg, 'MAX_CONSECUTIVE_NONFINITE'))
-    data_seed = int(torch.initial_seed() % (2 ** 31)) if data_seed is None else int(data_seed)
-    use_fp16_scaler = scaler.is_enabled()
-    params = [p for p in unwrap_model(model).parameters() if p.requires_grad]
-    distributed = is_dist()
-    is_main = rank == 0
-
-    total_it_each_epoch = len(train_loader)
-    if merge_all_iters_to_one_epoch:
-        dataset = train_loader.dataset
-        if not hasattr(dataset, 'merge_all_iters_to_one_epoch'):
-            raise ValueError('--merge_all_iters_to_one_epoch: the dataset has no merge_all_iters_to_one_epoch()')
-        dataset.merge_all_iters_to_one_epoch(merge=True, epochs=total_epochs)
-        total_it_each_epoch = len(train_loader) // max(total_epochs, 1)
-    if total_it_each_epoch <= 0:
-        raise ValueError('train_model: the training loader yields no batches')
-
-    accumulated_iter = int(start_iter)
-    result = TrainResult(accumulated_iter=accumulated_iter, checkpoints=[])
-    first_offset = accumulated_iter - start_epoch * total_it_each_epoch
-    first_offset = first_offset if 0 <= first_offset < total_it_each_epoch else 0
-    last_latest_save = time.time()
-    consecutive_skips = 0
-    run_start = time.time()
-    iters_to_run = max((total_epochs - start_epoch) * total_it_each_epoch - first_offset, 1)
-    iters_done = 0
-    if ckpt_save_dir is not None:
-        ckpt_save_dir = Path(ckpt_save_dir)
-        if is_main:
-            ckpt_save_dir.mkdir(parents=True, exist_ok=True)
-
-    if hook_cfg:
-        from ..datasets import apply_disable_augmentation_hook  # lazy: datasets are not needed by the loop itself
-    epoch_bar = None
-    if is_main and show_progress:
-        import tqdm
-        epoch_bar = tqdm.tqdm(total=total_epochs, initial=start_epoch, desc='epochs', dynamic_ncols=True)
-
-    dataloader_iter = None
-    for cur_epoch in range(start_epoch, total_epochs):
-        offset = first_offset if cur_epoch == start_epoch else 0
-        set_epoch_order(train_loader, train_sampler, cur_epoch, data_seed)
-        if hook_cfg and apply_disable_augmentation_hook(train_loader.dataset, hook_cfg, cur_epoch, total_epochs):
-            logger.info(f'Epoch {cur_epoch}: DisableAugmentationHook active')
-        epoch_start_hook = getattr(unwrap_model(model), 'on_train_epoch_start', None)
-        if epoch_start_hook is not None:  # e.g. GPICTURE's per-epoch DGPL gate
-            epoch_start_hook(cur_epoch, dataset=train_loader.dataset, logger=logger,
-                             tb_log=tb_log if is_main else None, ckpt_dir=ckpt_save_dir)
-        if dataloader_iter is None or not merge_all_iters_to_one_epoch:
-            dataloader_iter = _iterator_skipping(train_loader, offset, logger)
-            if offset:
-                logger.info(f'Epoch {cur_epoch}: continuing at iteration {offset}/{total_it_each_epoch} '
-                            '(skipped batches are not loaded)')
-
-        pbar = None
-        if is_main and show_progress:
-            import tqdm
-            pbar = tqdm.tqdm(total=total_it_each_epoch, initial=offset, leave=(cur_epoch + 1 == total_epochs),
-                             desc='train', dynamic_ncols=True)
-        model.train()
-        data_time, batch_time, loss_meter = _Average(), _Average(), _Average()
-        epoch_start = time.time()
-        end = time.time()
-        for cur_it in range(offset, total_it_each_epoch):
-            try:
-                batch = next(dataloader_iter)
-            except StopIteration:
-                dataloader_iter = iter(train_loader)
-                batch = next(dataloader_iter)
-            data_time.update(time.time() - end)
-
-            if lr_scheduler is not None:
-                lr_scheduler.step(accumulated_iter)
-            lr = optimizer.param_groups[0]['lr']
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_context(amp_mode, device):
-                loss, tb_dict, disp_dict = model_func(model, batch)
-            loss = loss.float()
-            if use_fp16_scaler:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float('inf'))
-            loss_d = loss.detach()
-            bad = ~torch.isfinite(loss_d)
-            if not use_fp16_scaler:  # fp16 overflow is routine: the GradScaler skips and lowers the scale
-                bad = bad | ~torch.isfinite(grad_norm.to(loss_d.device))
-            # [non-finite, latest checkpoint due]: rank 0's timer decides the latest save, and the same all-reduce
-            # tells every rank, so all of them take part in gathering their RNG states for it (exact DDP resume).
-            latest_due = (is_main and ckpt_save_dir is not None and ckpt_save_time_interval is not None
-                          and time.time() - last_latest_save >= ckpt_save_time_interval)
-            bad = torch.stack([bad.float().reshape(()), torch.tensor(float(latest_due), device=bad.device)])
-            if distributed:
-                torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-            tb_tensor_keys = [k for k, v in (tb_dict or {}).items()
-                              if torch.is_tensor(v) and v.numel() == 1 and v.device == loss_d.device]
-            stats = torch.cat([loss_d.reshape(1), grad_norm.detach().float().reshape(1).to(loss_d.device), bad]
-                              + [tb_dict[k].detach().float().reshape(1) for k in tb_tensor_keys]).cpu()
-            loss_value, grad_norm_value, skip = float(stats[0]), float(stats[1]), bool(stats[2] > 0)
-            save_latest = bool(stats[3] > 0)
-
-            if skip:
-                result.skipped_steps += 1
-                consecutive_skips += 1
-                if use_fp16_scaler:
-                    scaler.update()
-                if is_main and (result.skipped_steps <= 10 or result.skipped_steps % 100 == 0):
-                    logger.warning(f'Non-finite loss/gradient at epoch {cur_epoch} iteration {cur_it} (accumulated '
-                                   f'{accumulated_iter}): loss={loss_value}, grad_norm={grad_norm_value}; optimizer '
-                                   f'step skipped ({result.skipped_steps} skipped so far)')
-                if max_consecutive_skips and consecutive_skips >= max_consecutive_skips:
-                    raise NonFiniteLossError(f'{consecutive_skips} consecutive iterations had a non-finite loss or '
-                                             'gradient; stopping (lower the LR, try AMP off/bf16, check the data)')
-            else:
-                consecutive_skips = 0
-                if use_fp16_scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-            accumulated_iter += 1
-            iters_done += 1
-            if not skip:
-                loss_meter.update(loss_value)
-            batch_time.update(time.time() - end)
-            end = time.time()
-
-            if is_main:
-                tb_values = {k: float(v) for k, v in zip(tb_tensor_keys, stats[4:].tolist())}
-                for key, value in (tb_dict or {}).items():
-                    if key not in tb_values:
-                        try:
-                            tb_values[key] = float(value)
-                        except (TypeError, ValueError):
-                            pass
-                if tb_log is not None:
-                    tb_log.add_scalar('train/loss', loss_value, accumulated_iter)
-                    tb_log.add_scalar('meta_data/learning_rate', lr, accumulated_iter)
-                    tb_log.add_scalar('train/grad_norm', grad_norm_value, accumulated_iter)
-                    if skip:
-                        tb_log.add_scalar('meta_data/skipped_steps', result.skipped_steps, accumulated_iter)
-                    for key, value in tb_values.items():
-                        tb_log.add_scalar('train/' + key, value, accumulated_iter)
-                if pbar is not None:
-                    pbar.update()
-                    pbar.set_postfix(loss=f'{loss_value:.4f}', lr=f'{lr:.2e}', d_time=f'{data_time.avg:.2f}',
-                                     b_time=f'{batch_time.avg:.2f}')
-                log_now = (accumulated_iter % max(logger_iter_interval, 1) == 0 or cur_it == offset
-                           or cur_it + 1 == total_it_each_epoch)
-                if use_logger_to_record and log_now:
-                    epoch_elapsed = time.time() - epoch_start
-                    run_elapsed = time.time() - run_start
-                    epoch_left = batch_time.avg * (total_it_each_epoch - cur_it - 1)
-                    run_left = run_elapsed / iters_done * (iters_to_run - iters_done)
-                    extra = '  '.join(f'{k}: {v}' for k, v in (disp_dict or {}).items())
-                    logger.info(
-                        f'Train: {cur_epoch + 1:>4d}/{total_epochs} ({100.0 * (cur_epoch + 1) / total_epochs:3.0f}%) '
-                        f'[{cur_it + 1:>5d}/{total_it_each_epoch} ({100.0 * (cur_it + 1) / total_it_each_epoch:3.0f}%)]'
-                        f'  Loss: {loss_value:.4f} ({loss_meter.avg:.4f})  LR: {lr:.3e}  Grad: {grad_norm_value:.3f}'
-                        f'  Time cost: {_format_seconds(epoch_elapsed)}/{_format_seconds(epoch_left)} '
-                        f'[{_format_seconds(run_elapsed)}/{_format_seconds(run_left)}]  Acc_iter {accumulated_iter}'
-                        f'  Data time: {data_time.value:.2f}({data_time.avg:.2f})'
-                        f'  Batch time: {batch_time.value:.2f}({batch_time.avg:.2f})'
-                        + (f'  Skipped: {result.skipped_steps}' if result.skipped_steps else '')
-                        + (f'  {extra}' if extra else ''))
-            if save_latest:
-                per_rank_rng = gather_rng_states() if distributed else None  # collective: every rank is here
-                if is_main:
-                    state = checkpoint_state(model, optimizer, cur_epoch, accumulated_iter, lr_scheduler, scaler)
-                    state['data_seed'] = data_seed
-                    if per_rank_rng is not None:
-                        state['rng_state_per_rank'] = per_rank_rng
-                    save_checkpoint(state, ckpt_save_dir / LATEST_NAME)
-                    logger.info(f'Saved {ckpt_save_dir / LATEST_NAME} (epoch {cur_epoch}, it {accumulated_iter})')
-                last_latest_save = time.time()
-        if pbar is not None:
-            pbar.close()
-
-        trained_epoch = cur_epoch + 1
-        result.last_epoch = trained_epoch
-        epoch_end_hook = getattr(unwrap_model(model), 'on_train_epoch_end', None)
-        if epoch_end_hook is not None:
-            epoch_end_hook(cur_epoch)
-        if ckpt_save_dir is not None and (trained_epoch % max(ckpt_save_interval, 1) == 0
-                                          or trained_epoch == total_epochs):
-            per_rank_rng = gather_rng_states() if distributed else None  # collective: all ranks reach this point
-            if is_main:
-                state = checkpoint_state(model, optimizer, trained_epoch, accumulated_iter, lr_scheduler, scaler)
-                state['data_seed'] = data_seed
-                if per_rank_rng is not None:
-                    state['rng_state_per_rank'] = per_rank_rng
-                path = save_checkpoint(state, ckpt_save_dir / f'checkpoint_epoch_{trained_epoch}')
-                removed = prune_checkpoints(ckpt_save_dir, max_ckpt_save_num)
-                logger.info(f'Saved {path}' + (f'; removed {[p.name for p in removed]}' if removed else ''))
-                result.checkpoints.append(path)
-        if epoch_bar is not None:
-            epoch_bar.update()
-    if epoch_bar is not None:
-        epoch_bar.close()
-    result.accumulated_iter = accumulated_iter
-    if result.skipped_steps and is_main:
-        logger.warning(f'{result.skipped_steps} optimizer step(s) were skipped because of non-finite values')
-    return result
+    trainer = Trainer(model, optimizer, train_loader, model_func, lr_scheduler, optim_cfg, rank=rank, tb_log=tb_log,
+                      ckpt_dir=ckpt_save_dir, train_sampler=train_sampler, amp_mode=amp_mode, scaler=scaler,
+                      merge_all_iters_to_one_epoch=merge_all_iters_to_one_epoch, logger=logger, data_seed=data_seed,
+                      device=device, max_consecutive_skips=max_consecutive_skips)
+    trainer.register_hooks([DisableAugmentationHook(hook_cfg) if hook_cfg else None])
+    trainer.register_hooks(model_training_hooks(unwrap_model(model)))
+    trainer.register_hooks([
+        LoggingHook(tb_log if rank == 0 else None, show_progress=show_progress, iter_interval=logger_iter_interval,
+                    use_logger=use_logger_to_record),
+        CheckpointHook(trainer.ckpt_dir, interval=ckpt_save_interval, max_keep=max_ckpt_save_num,
+                       time_interval=ckpt_save_time_interval)])
+    trainer.register_hooks(hooks or [])
+    return trainer.train(start_epoch, total_epochs, start_iter)

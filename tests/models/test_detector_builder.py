@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from easydict import EasyDict
 
-from pcdet.config import cfg_from_yaml_file
+from pcdet.config import ConfigError, cfg_from_yaml_file
 from pcdet.models import build as model_build
 from pcdet.models.build import (
     build_network,
@@ -23,7 +23,7 @@ from pcdet.models.build import (
     load_data_to_gpu,
     model_geometry_from_data_config,
 )
-from pcdet.models.detectors import CenterPoint, Detector3DTemplate, ModelGeometry, build_detector
+from pcdet.models.detectors import CenterPoint, ModelGeometry, build_detector
 from pcdet.models.detectors import __all__ as detector_registry
 from pcdet.models.detectors.detector3d_template import REGISTRY_MODULES, get_registry
 
@@ -220,7 +220,7 @@ def test_build_without_dataset_order_names_and_state_dict_prefixes(stand_ins):
     assert [type(m).__name__ for m in model.module_list] == ['TinyVFE', 'TinyBackbone3D', 'TinyScatter', 'TinyBEV',
                                                              'CenterHead']
     assert model.vfe is model.module_list[0] and model.dense_head is model.module_list[4]
-    assert model.pfe is None and model.point_head is None and model.roi_head is None
+    assert not any(hasattr(model, slot) for slot in ('pfe', 'point_head', 'roi_head'))  # OpenPCDet-only slots
     prefixes = {key.split('.')[0] for key in model.state_dict()}
     assert prefixes == {'global_step', 'vfe', 'backbone_3d', 'backbone_2d', 'dense_head'}  # scatter has no params
     assert 'dense_head.heads_list.0.hm.1.bias' in model.state_dict()
@@ -275,11 +275,26 @@ def test_unknown_names_list_the_known_ones(stand_ins):
     cfg.MODEL.NAME = 'PointPillar'
     with pytest.raises(KeyError, match=r"unknown detector 'PointPillar'; known: \['CenterPoint'"):
         build_network_from_cfg(cfg)
-    cfg = full_config()
-    cfg.MODEL.PFE = {'NAME': 'VoxelSetAbstraction'}
-    with pytest.raises(KeyError, match='no backbones_3d.pfe registry'):
-        build_network_from_cfg(cfg)
+    for key, name in (('PFE', 'VoxelSetAbstraction'), ('POINT_HEAD', 'PointHeadSimple'), ('ROI_HEAD', 'PVRCNNHead')):
+        cfg = full_config()
+        cfg.MODEL[key] = {'NAME': name}
+        with pytest.raises(ConfigError, match=rf'MODEL.{key}: .*not part of pcdet'):
+            build_network_from_cfg(cfg)
     assert set(detector_registry) >= {'CenterPoint', 'Detector3DTemplate'}
+
+
+def test_openpcdet_only_blocks_in_a_shipped_config():
+    """Config validation refuses PFE / POINT_HEAD / ROI_HEAD with the same message as the constructor, and accepts
+    (ignores) OpenPCDet's anchor-style MODEL.POST_PROCESSING keys."""
+    from pcdet.config_registry import config_errors
+    cfg = cfg_from_yaml_file(ROOT / 'tools/cfgs/nuscenes_models/dsvt_tiny_synthetic.yaml')
+    assert config_errors(cfg) == []
+    cfg.MODEL.POST_PROCESSING.update({'SCORE_THRESH': 0.1, 'OUTPUT_RAW_SCORE': False,
+                                      'NMS_CONFIG': {'MULTI_CLASSES_NMS': False, 'NMS_TYPE': 'nms_gpu'}})
+    assert config_errors(cfg) == []
+    cfg.MODEL.ROI_HEAD = {'NAME': 'PVRCNNHead'}
+    errors = config_errors(cfg)
+    assert len(errors) == 1 and 'MODEL.ROI_HEAD' in errors[0] and 'not part of pcdet' in errors[0]
 
 
 def test_training_forward_returns_loss_tb_disp(stand_ins):
@@ -316,31 +331,11 @@ def test_generate_recall_record_counts_at_each_threshold():
     gt[0, 1] = torch.tensor([10.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0, 1])
     gt[0, 2] = torch.tensor([20.0, 5.0, 0.0, 1.0, 1.0, 1.0, 0.0, 2])
     preds = torch.stack([gt[0, 0, :7], gt[0, 1, :7] + torch.tensor([1.0, 0, 0, 0, 0, 0, 0])])  # IoU 1 and 0.6
-    recall = Detector3DTemplate.generate_recall_record(preds, {}, 0, {'gt_boxes': gt}, [0.3, 0.5, 0.7])
+    recall = CenterPoint.generate_recall_record(preds, {}, 0, {'gt_boxes': gt}, [0.3, 0.5, 0.7])
     assert recall == {'gt': 3, 'roi_0.3': 0, 'rcnn_0.3': 2, 'roi_0.5': 0, 'rcnn_0.5': 2, 'roi_0.7': 0, 'rcnn_0.7': 1}
-    recall = Detector3DTemplate.generate_recall_record(preds[:0], recall, 0, {'gt_boxes': gt}, [0.3, 0.5, 0.7])
+    recall = CenterPoint.generate_recall_record(preds[:0], recall, 0, {'gt_boxes': gt}, [0.3, 0.5, 0.7])
     assert recall['gt'] == 6 and recall['rcnn_0.3'] == 2
-    assert Detector3DTemplate.generate_recall_record(preds, {}, 0, {}, [0.3]) == {}
-
-
-def test_template_post_processing_anchor_style():
-    model_cfg = EasyDict({'POST_PROCESSING': {
-        'RECALL_THRESH_LIST': [0.5], 'SCORE_THRESH': 0.1, 'OUTPUT_RAW_SCORE': False,
-        'NMS_CONFIG': {'MULTI_CLASSES_NMS': False, 'NMS_TYPE': 'nms_gpu', 'NMS_THRESH': 0.1,
-                       'NMS_PRE_MAXSIZE': 100, 'NMS_POST_MAXSIZE': 100}}})
-    geometry = ModelGeometry(CLASS_NAMES, [24, 24, 1], [-6, -6, -2, 6, 6, 4], [0.5, 0.5, 6], 4)
-    model = Detector3DTemplate(model_cfg, 3, geometry)
-    boxes = torch.tensor([[[0.0, 0, 0, 2, 2, 2, 0], [0.2, 0, 0, 2, 2, 2, 0], [5.0, 5, 0, 1, 1, 1, 0]]])
-    logits = torch.tensor([[[3.0, -5, -5], [2.0, -5, -5], [-5.0, 1.0, -5.0]]])
-    batch = {'batch_size': 1, 'batch_box_preds': boxes, 'batch_cls_preds': logits, 'cls_preds_normalized': False}
-    preds, recall = model.post_processing(batch)
-    assert preds[0]['pred_labels'].tolist() == [1, 2]
-    assert torch.equal(preds[0]['pred_boxes'], boxes[0, [0, 2]])
-    assert recall == {}
-    model_cfg.POST_PROCESSING.NMS_CONFIG.MULTI_CLASSES_NMS = True
-    preds, _ = model.post_processing(batch)
-    assert preds[0]['pred_labels'].tolist() == [1, 2]
-    assert torch.equal(preds[0]['pred_boxes'], boxes[0, [0, 2]])
+    assert CenterPoint.generate_recall_record(preds, {}, 0, {}, [0.3]) == {}
 
 
 def test_load_data_to_device():

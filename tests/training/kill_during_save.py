@@ -15,14 +15,14 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pcdet.training import train_loop  # noqa: E402
+from pcdet.training import hooks  # noqa: E402  (CheckpointHook saves through hooks.save_checkpoint)
 from pcdet.training.checkpointing import LATEST_NAME  # noqa: E402
 from pcdet.utils.file_utils import atomic_write  # noqa: E402
 
 
 def main():
     kill_at_it = int(sys.argv[1])
-    real_save = train_loop.save_checkpoint
+    real_save = hooks.save_checkpoint
 
     def save_or_die(state, filename):
         if Path(filename).name == LATEST_NAME and state['it'] == kill_at_it:
@@ -35,7 +35,7 @@ def main():
                 os.killpg(os.getpgid(0), signal.SIGKILL)
         return real_save(state, filename)
 
-    train_loop.save_checkpoint = save_or_die
+    hooks.save_checkpoint = save_or_die
     sys.argv = [str(REPO_ROOT / 'tools' / 'train.py')] + sys.argv[2:]
     runpy.run_path(sys.argv[0], run_name='__main__')
 

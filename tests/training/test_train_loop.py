@@ -7,6 +7,7 @@ import torch
 
 from pcdet.training import build_optimizer, build_scheduler, resume_from, train_model
 from pcdet.training.checkpointing import epoch_checkpoints
+from pcdet.training.hooks import HookBase
 from pcdet.training.train_loop import NonFiniteLossError, build_grad_scaler, resolve_amp_mode
 from pcdet.utils.common_utils import set_random_seed
 
@@ -178,13 +179,17 @@ def test_model_epoch_hooks_are_called_around_each_epoch(tmp_path):
     model, optimizer, scheduler, loader, cfg = _build()
     events = []
 
-    def on_start(epoch, dataset, logger=None, tb_log=None, ckpt_dir=None):
-        # called before the epoch's first step, with the loader's dataset and the checkpoint folder
-        assert dataset is loader.dataset and ckpt_dir == tmp_path
-        events.append(('start', epoch, len(epoch_checkpoints(tmp_path))))
+    class EpochHook(HookBase):
+        def before_epoch(self):
+            # called before the epoch's first step, with the loader's dataset and the checkpoint folder
+            t = self.trainer
+            assert t.dataset is loader.dataset and t.ckpt_dir == tmp_path
+            events.append(('start', t.epoch, len(epoch_checkpoints(tmp_path))))
 
-    model.on_train_epoch_start = on_start
-    model.on_train_epoch_end = lambda epoch: events.append(('end', epoch))
+        def after_epoch(self):
+            events.append(('end', self.trainer.epoch))
+
+    model.training_hooks = lambda: [EpochHook()]  # a model declares its hooks (pcdet.training.hooks)
     tb_log = TbRecorder()
     _train(model, optimizer, scheduler, loader, cfg, tmp_path, tb_log=tb_log)
     assert events == [('start', 0, 0), ('end', 0), ('start', 1, 1), ('end', 1), ('start', 2, 2), ('end', 2)]

@@ -8,7 +8,8 @@ Loss (spec §2.7 / §2.10 step 9): `L = α · L_pts + (1 − α) · β · L_seal
   `HIERARCHICAL: True` (D4 b) has one point head and one teacher head per encoder layer l, each on the shared decoder
   run from layer l, and averages `α_l L_pts^l + (1 − α_l) β L_seal^l` over the layers;
 * β is the differential-gated progressive weight (spec §2.9), held in the persistent buffer `dgpl_beta` (so a resumed
-  run continues with the β of its epoch) and set once per epoch by `GPICTURE.on_train_epoch_start`;
+  run continues with the β of its epoch) and set once per epoch by the trainer's DGPL gate hook
+  (`pcdet.training.hooks.DGPLGateHook`);
   `DGPL.FIXED_BETA` pins it for ablations, also over a β restored from a checkpoint (a WARNING names both values).
 
 Config (`MODEL.DENSE_HEAD`): NUM_PRD_POINTS 16, NUM_GT_POINTS 64, NUM_SEAL_FEATURES 64, CKA_ALPHA, LAYER_INDEX -1,

@@ -1,10 +1,20 @@
-"""Detector3DTemplate: builds the module topology from config names and holds shared post-processing.
+"""Detector3DTemplate: a model is an encoder plus a task head, built from config names.
 
 Construction (OpenPCDet, spec §1.7): `build_networks()` walks `module_topology = [vfe, backbone_3d,
-map_to_bev_module, pfe, backbone_2d, dense_head, point_head, roi_head]`, looks each present config key up in its
-registry (`__all__` dict of the sub-package), threads a `model_info_dict` through the builders and
-`add_module(name, module)` (None when absent), so state-dict prefixes are `vfe.`, `backbone_3d.`,
-`map_to_bev_module.`, `backbone_2d.`, `dense_head.` (+ the `global_step` buffer) exactly as upstream.
+map_to_bev_module, backbone_2d, dense_head]` -- the encoder slots, then the task head --, looks each present config
+key up in its registry (`__all__` dict of the sub-package), threads a `model_info_dict` through the builders and
+`add_module(name, module)` (None when absent), so module names and state-dict prefixes are `vfe.`, `backbone_3d.`,
+`map_to_bev_module.`, `backbone_2d.`, `dense_head.` (+ the `global_step` buffer) exactly as upstream. The head owns
+its targets, loss and predictions; the detector subclass's `forward` runs the modules and returns the head's loss
+(training) or predictions (eval).
+
+OpenPCDet's two-stage / point-based slots (`PFE`, `POINT_HEAD`, `ROI_HEAD`) and its anchor/RoI `post_processing` are
+not part of pcdet (no shipped config or module uses them): a config naming one of those slots is refused with a
+ConfigError, by config validation and by the constructor. Box recall counters are CenterPoint's
+(`centerpoint.generate_recall_record`).
+
+Training hooks: `training_hooks()` returns the pcdet.training.hooks objects the trainer runs for this model (none
+here; GPICTURE returns its DGPL gate).
 
 Geometry comes from `dataset` as upstream (`point_feature_encoder.num_point_features`, `grid_size`,
 `point_cloud_range`, `voxel_size`, `depth_downsample_factor`, `class_names`) -- or from a `ModelGeometry`, which
@@ -15,10 +25,7 @@ Registries are imported lazily, only for the slots a config uses: building a Cen
 registry it does not need, nor any optional extra. An unknown `NAME` raises a KeyError listing the known names.
 
 batch_dict contract: `forward` (in subclasses) passes the batch_dict through `self.module_list` in order; each
-module documents the keys it reads and writes (docs/MODELS.md has the table). `post_processing` here (anchor /
-RoI style) reads `batch_size`, `batch_box_preds (B, N, 7+)` or `(ΣN, 7+)` with `batch_index`,
-`batch_cls_preds`, `cls_preds_normalized`, optional `multihead_label_mapping`, `rois`, `has_class_labels`,
-`roi_labels` / `batch_pred_labels`, `gt_boxes (B, M, 8|10)`.
+module documents the keys it reads and writes (docs/MODELS.md has the table).
 """
 import importlib
 from types import SimpleNamespace
@@ -27,21 +34,32 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ...config_schema import REQUIRED, Schema, Select, pick, schema_of
+from ...config import ConfigError
+from ...config_schema import REQUIRED, Ignored, Schema, Select, pick, schema_of
 from ...utils.checkpoint import PRETRAINED_ENCODER_SCHEMA
-from ..model_utils import model_nms_utils
 
 # topology slot -> (config key, registry module (relative to pcdet.models))
 REGISTRY_MODULES = {
     'vfe': ('VFE', 'backbones_3d.vfe'),
     'backbone_3d': ('BACKBONE_3D', 'backbones_3d'),
     'map_to_bev_module': ('MAP_TO_BEV', 'backbones_2d.map_to_bev'),
-    'pfe': ('PFE', 'backbones_3d.pfe'),
     'backbone_2d': ('BACKBONE_2D', 'backbones_2d'),
     'dense_head': ('DENSE_HEAD', 'dense_heads'),
-    'point_head': ('POINT_HEAD', 'dense_heads'),
-    'roi_head': ('ROI_HEAD', 'roi_heads'),
 }
+# OpenPCDet's slots that pcdet does not have: refused with this message (validation and construction).
+UNSUPPORTED_SLOTS = ('PFE', 'POINT_HEAD', 'ROI_HEAD')
+
+
+def unsupported_slot_message(cfg_key):
+    return (f'MODEL.{cfg_key}: OpenPCDet\'s two-stage / point-based slots (PFE, POINT_HEAD, ROI_HEAD) and their '
+            'anchor/RoI post-processing are not part of pcdet; a model here is an encoder (VFE, BACKBONE_3D, '
+            'MAP_TO_BEV, BACKBONE_2D) plus a task head (DENSE_HEAD). Remove the block.')
+
+
+def _refuse_slot(cfg_key):
+    def resolve(name):
+        raise ConfigError(unsupported_slot_message(cfg_key))
+    return resolve
 
 
 def get_registry(slot):
@@ -77,12 +95,14 @@ def slot_schema(slot):
     return resolve
 
 
+_ANCHOR_ONLY = Ignored('OpenPCDet anchor/RoI post-processing, not part of pcdet; CenterHead reads '
+                       'DENSE_HEAD.POST_PROCESSING')
 POST_PROCESSING_SCHEMA = Schema('MODEL.POST_PROCESSING', {
     'RECALL_THRESH_LIST': [0.3, 0.5, 0.7],   # 3D IoU thresholds of the recall counters
     'EVAL_METRIC': None,                     # passed to dataset.evaluation(eval_metric=...) when it takes one
-    'SCORE_THRESH': 0.1,                     # anchor / RoI post-processing only
-    'OUTPUT_RAW_SCORE': False,
-    'NMS_CONFIG': model_nms_utils.NMS_CONFIG_SCHEMA,
+    'SCORE_THRESH': _ANCHOR_ONLY,
+    'OUTPUT_RAW_SCORE': _ANCHOR_ONLY,
+    'NMS_CONFIG': _ANCHOR_ONLY,
 })
 # Keys of every DENSE_HEAD that the detector itself reads; each head's schema extends this one.
 DENSE_HEAD_BASE_SCHEMA = Schema('MODEL.DENSE_HEAD', {
@@ -121,6 +141,7 @@ class Detector3DTemplate(nn.Module):
     CONFIG_SCHEMA = Schema('MODEL', {
         'NAME': REQUIRED,
         **{cfg_key: Select(slot_schema(slot)) for slot, (cfg_key, _) in REGISTRY_MODULES.items()},
+        **{cfg_key: Select(_refuse_slot(cfg_key)) for cfg_key in UNSUPPORTED_SLOTS},
         'POST_PROCESSING': POST_PROCESSING_SCHEMA,
         'PRETRAINED_ENCODER': PRETRAINED_ENCODER_SCHEMA,
     })
@@ -132,10 +153,10 @@ class Detector3DTemplate(nn.Module):
         self.dataset = dataset
         self.class_names = list(dataset.class_names) if getattr(dataset, 'class_names', None) is not None else None
         self.register_buffer('global_step', torch.LongTensor(1).zero_())
-        self.module_topology = [
-            'vfe', 'backbone_3d', 'map_to_bev_module', 'pfe',
-            'backbone_2d', 'dense_head', 'point_head', 'roi_head',
-        ]
+        for cfg_key in UNSUPPORTED_SLOTS:
+            if model_cfg is not None and model_cfg.get(cfg_key) is not None:
+                raise ConfigError(unsupported_slot_message(cfg_key))
+        self.module_topology = ['vfe', 'backbone_3d', 'map_to_bev_module', 'backbone_2d', 'dense_head']
 
     @property
     def mode(self):
@@ -143,6 +164,10 @@ class Detector3DTemplate(nn.Module):
 
     def update_global_step(self):
         self.global_step += 1
+
+    def training_hooks(self):
+        """pcdet.training.hooks objects the trainer runs for this model (per-epoch logic); none by default."""
+        return []
 
     # ----------------------------------------------------------------------------------------------------------
     # building
@@ -209,21 +234,6 @@ class Detector3DTemplate(nn.Module):
         model_info_dict['num_bev_features'] = map_to_bev_module.num_bev_features
         return map_to_bev_module, model_info_dict
 
-    def build_pfe(self, model_info_dict):
-        if self.CONFIG_SCHEMA.get(self.model_cfg, 'PFE') is None:
-            return None, model_info_dict
-        pfe_module = lookup_module('pfe', self.model_cfg.PFE.NAME)(
-            model_cfg=self.model_cfg.PFE,
-            voxel_size=model_info_dict['voxel_size'],
-            point_cloud_range=model_info_dict['point_cloud_range'],
-            num_bev_features=model_info_dict['num_bev_features'],
-            num_rawpoint_features=model_info_dict['num_rawpoint_features'],
-        )
-        model_info_dict['module_list'].append(pfe_module)
-        model_info_dict['num_point_features'] = pfe_module.num_point_features
-        model_info_dict['num_point_features_before_fusion'] = pfe_module.num_point_features_before_fusion
-        return pfe_module, model_info_dict
-
     def build_backbone_2d(self, model_info_dict):
         if self.CONFIG_SCHEMA.get(self.model_cfg, 'BACKBONE_2D') is None:
             return None, model_info_dict
@@ -253,168 +263,14 @@ class Detector3DTemplate(nn.Module):
             class_names=self.class_names,
             grid_size=model_info_dict['grid_size'],
             point_cloud_range=model_info_dict['point_cloud_range'],
-            predict_boxes_when_training=bool(self.CONFIG_SCHEMA.get(self.model_cfg, 'ROI_HEAD')),
+            predict_boxes_when_training=False,  # no second stage consumes training-time boxes
             voxel_size=model_info_dict.get('voxel_size', False),
         )
         model_info_dict['module_list'].append(dense_head_module)
         return dense_head_module, model_info_dict
 
-    def build_point_head(self, model_info_dict):
-        head_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'POINT_HEAD')
-        if head_cfg is None:
-            return None, model_info_dict
-        if head_cfg.get('USE_POINT_FEATURES_BEFORE_FUSION', False):
-            num_point_features = model_info_dict['num_point_features_before_fusion']
-        else:
-            num_point_features = model_info_dict['num_point_features']
-        point_head_module = lookup_module('point_head', head_cfg.NAME)(
-            model_cfg=head_cfg,
-            input_channels=num_point_features,
-            num_class=self.num_class if not head_cfg.get('CLASS_AGNOSTIC', False) else 1,
-            predict_boxes_when_training=bool(self.CONFIG_SCHEMA.get(self.model_cfg, 'ROI_HEAD')),
-        )
-        model_info_dict['module_list'].append(point_head_module)
-        return point_head_module, model_info_dict
-
-    def build_roi_head(self, model_info_dict):
-        head_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'ROI_HEAD')
-        if head_cfg is None:
-            return None, model_info_dict
-        roi_head_module = lookup_module('roi_head', head_cfg.NAME)(
-            model_cfg=head_cfg,
-            input_channels=model_info_dict['num_point_features'],
-            backbone_channels=model_info_dict.get('backbone_channels', None),
-            point_cloud_range=model_info_dict['point_cloud_range'],
-            voxel_size=model_info_dict['voxel_size'],
-            num_class=self.num_class if not head_cfg.get('CLASS_AGNOSTIC', False) else 1,
-        )
-        model_info_dict['module_list'].append(roi_head_module)
-        return roi_head_module, model_info_dict
-
     def forward(self, **kwargs):
         raise NotImplementedError
-
-    # ----------------------------------------------------------------------------------------------------------
-    # post-processing (anchor / RoI heads); CenterPoint overrides it
-    # ----------------------------------------------------------------------------------------------------------
-    def post_processing(self, batch_dict):
-        """NMS on `batch_box_preds` / `batch_cls_preds` per sample (OpenPCDet semantics).
-
-        Returns:
-            pred_dicts: list (B) of `pred_boxes (K, 7+)`, `pred_scores (K,)`, `pred_labels (K,)` 1-based.
-            recall_dict: see `generate_recall_record`.
-        """
-        post_process_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'POST_PROCESSING')
-        batch_size = batch_dict['batch_size']
-        recall_dict = {}
-        pred_dicts = []
-        for index in range(batch_size):
-            if batch_dict.get('batch_index', None) is not None:
-                batch_mask = batch_dict['batch_index'] == index
-            else:
-                batch_mask = index
-            box_preds = batch_dict['batch_box_preds'][batch_mask]
-            src_box_preds = box_preds
-
-            if not isinstance(batch_dict['batch_cls_preds'], list):
-                cls_preds = batch_dict['batch_cls_preds'][batch_mask]
-                src_cls_preds = cls_preds
-                if cls_preds.shape[1] not in (1, self.num_class):
-                    raise ValueError(f'batch_cls_preds has {cls_preds.shape[1]} columns, '
-                                     f'expected 1 or {self.num_class}')
-                if not batch_dict['cls_preds_normalized']:
-                    cls_preds = torch.sigmoid(cls_preds)
-            else:
-                cls_preds = [x[batch_mask] for x in batch_dict['batch_cls_preds']]
-                src_cls_preds = cls_preds
-                if not batch_dict['cls_preds_normalized']:
-                    cls_preds = [torch.sigmoid(x) for x in cls_preds]
-
-            if model_nms_utils.NMS_CONFIG_SCHEMA.get(post_process_cfg.NMS_CONFIG, 'MULTI_CLASSES_NMS'):
-                if not isinstance(cls_preds, list):
-                    cls_preds = [cls_preds]
-                    # upstream used arange(1, num_class), one label short; labels are 1-based.
-                    multihead_label_mapping = [torch.arange(1, self.num_class + 1, device=cls_preds[0].device)]
-                else:
-                    multihead_label_mapping = batch_dict['multihead_label_mapping']
-                cur_start_idx = 0
-                pred_scores, pred_labels, pred_boxes = [], [], []
-                for cur_cls_preds, cur_label_mapping in zip(cls_preds, multihead_label_mapping):
-                    cur_box_preds = box_preds[cur_start_idx: cur_start_idx + cur_cls_preds.shape[0]]
-                    cur_scores, cur_labels, cur_boxes = model_nms_utils.multi_classes_nms(
-                        cls_scores=cur_cls_preds, box_preds=cur_box_preds,
-                        nms_config=post_process_cfg.NMS_CONFIG, score_thresh=post_process_cfg.SCORE_THRESH)
-                    pred_scores.append(cur_scores)
-                    pred_labels.append(cur_label_mapping.to(cur_labels.device)[cur_labels])
-                    pred_boxes.append(cur_boxes)
-                    cur_start_idx += cur_cls_preds.shape[0]
-                final_scores = torch.cat(pred_scores, dim=0)
-                final_labels = torch.cat(pred_labels, dim=0)
-                final_boxes = torch.cat(pred_boxes, dim=0)
-            else:
-                cls_preds, label_preds = torch.max(cls_preds, dim=-1)
-                if batch_dict.get('has_class_labels', False):
-                    label_key = 'roi_labels' if 'roi_labels' in batch_dict else 'batch_pred_labels'
-                    label_preds = batch_dict[label_key][index]
-                else:
-                    label_preds = label_preds + 1
-                selected, selected_scores = model_nms_utils.class_agnostic_nms(
-                    box_scores=cls_preds, box_preds=box_preds, nms_config=post_process_cfg.NMS_CONFIG,
-                    score_thresh=post_process_cfg.SCORE_THRESH)
-                if POST_PROCESSING_SCHEMA.get(post_process_cfg, 'OUTPUT_RAW_SCORE'):
-                    max_cls_preds, _ = torch.max(src_cls_preds, dim=-1)
-                    selected_scores = max_cls_preds[selected]
-                final_scores = selected_scores
-                final_labels = label_preds[selected]
-                final_boxes = box_preds[selected]
-
-            recall_dict = self.generate_recall_record(
-                box_preds=final_boxes if 'rois' not in batch_dict else src_box_preds,
-                recall_dict=recall_dict, batch_index=index, data_dict=batch_dict,
-                thresh_list=POST_PROCESSING_SCHEMA.get(post_process_cfg, 'RECALL_THRESH_LIST'))
-            pred_dicts.append({'pred_boxes': final_boxes, 'pred_scores': final_scores, 'pred_labels': final_labels})
-        return pred_dicts, recall_dict
-
-    @staticmethod
-    def generate_recall_record(box_preds, recall_dict, batch_index, data_dict=None, thresh_list=None):
-        """Accumulate recall counters for one sample.
-
-        Strips trailing all-zero GT rows, computes `boxes_iou3d_gpu(box_preds, gt)` and counts, per threshold t in
-        `thresh_list`, the GT boxes whose best IoU is `> t`: `recall_dict {'gt', 'roi_<t>', 'rcnn_<t>'}` (ints).
-        `roi_<t>` uses `data_dict['rois']` when present. No-op without `gt_boxes`.
-        """
-        if 'gt_boxes' not in data_dict:
-            return recall_dict
-        from ...ops.iou3d_nms import iou3d_nms_utils
-
-        rois = data_dict['rois'][batch_index] if 'rois' in data_dict else None
-        gt_boxes = data_dict['gt_boxes'][batch_index]
-        if len(recall_dict) == 0:
-            recall_dict = {'gt': 0}
-            for cur_thresh in thresh_list:
-                recall_dict['roi_%s' % str(cur_thresh)] = 0
-                recall_dict['rcnn_%s' % str(cur_thresh)] = 0
-
-        cur_gt = gt_boxes
-        k = cur_gt.__len__() - 1
-        while k >= 0 and cur_gt[k].sum() == 0:
-            k -= 1
-        cur_gt = cur_gt[:k + 1]
-
-        if cur_gt.shape[0] > 0:
-            if box_preds.shape[0] > 0:
-                iou3d_rcnn = iou3d_nms_utils.boxes_iou3d_gpu(box_preds[:, 0:7], cur_gt[:, 0:7])
-            else:
-                iou3d_rcnn = torch.zeros((0, cur_gt.shape[0]))
-            if rois is not None:
-                iou3d_roi = iou3d_nms_utils.boxes_iou3d_gpu(rois[:, 0:7], cur_gt[:, 0:7])
-            for cur_thresh in thresh_list:
-                if iou3d_rcnn.shape[0] > 0:
-                    recall_dict['rcnn_%s' % str(cur_thresh)] += (iou3d_rcnn.max(dim=0)[0] > cur_thresh).sum().item()
-                if rois is not None:
-                    recall_dict['roi_%s' % str(cur_thresh)] += (iou3d_roi.max(dim=0)[0] > cur_thresh).sum().item()
-            recall_dict['gt'] += cur_gt.shape[0]
-        return recall_dict
 
     # ----------------------------------------------------------------------------------------------------------
     # checkpoints (OpenPCDet method names; the work is done in pcdet.utils.checkpoint)

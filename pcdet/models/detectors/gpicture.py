@@ -10,8 +10,10 @@ Training returns `({'loss'}, tb_dict, disp_dict)` like every detector. There is 
 (`skip_evaluation = True`: train.py skips the post-training evaluation, test.py refuses the config); in eval mode
 `forward` runs the encoder without masking and returns empty predictions.
 
-Epoch hooks called by the training loop: `on_train_epoch_start(epoch, dataset, ...)` sets β for the epoch (spec §2.9)
-and logs `dgpl/beta`, `dgpl/c_r`; `on_train_epoch_end(epoch)` snapshots the encoder.
+Training hooks: `training_hooks()` declares the DGPL gate (`pcdet.training.hooks.DGPLGateHook`), which the trainer
+runs around every epoch: before it, β for the epoch (spec §2.9, logged as `dgpl/beta`, `dgpl/c_r`); after it, an
+encoder snapshot. `on_train_epoch_start(epoch, dataset, ...)` / `on_train_epoch_end(epoch)` run the same two steps
+without a trainer.
 """
 from ...config_schema import Select
 from .detector3d_template import Detector3DTemplate, slot_schema
@@ -69,28 +71,18 @@ class GPICTURE(Detector3DTemplate):
         loss, tb_dict = self.dense_head.get_loss()
         return {'loss': loss}, tb_dict, {}
 
-    # ---- epoch hooks (called by pcdet.training.train_loop.train_model) ----------------------------------------
+    # ---- training hooks (run by pcdet.training.train_loop.Trainer) ----------------------------------------------
+    def training_hooks(self):
+        """The hooks the trainer runs for this model: the DGPL gate."""
+        from ...training.hooks import DGPLGateHook
+        return [DGPLGateHook(self)]
+
     def on_train_epoch_start(self, epoch, dataset, logger=None, tb_log=None, ckpt_dir=None):
-        dgpl_cfg = self.dense_head.dgpl_cfg
-        if dgpl_cfg['FIXED_BETA'] is not None or not dgpl_cfg['ENABLED']:
-            if not dgpl_cfg['ENABLED'] and dgpl_cfg['FIXED_BETA'] is None:
-                self.dense_head.set_beta(1.0)  # DGPL off: the teacher loss is always on
-            beta, c_r = float(self.dense_head.dgpl_beta), None
-        else:
-            device = self.dense_head.dgpl_beta.device
-            beta, c_r = self.gate.beta_for_epoch(self, epoch, dataset, device, ckpt_dir, logger)
-            if beta is not None:
-                self.dense_head.set_beta(beta)
-            beta = float(self.dense_head.dgpl_beta)
-        if logger is not None:
-            logger.info(f'DGPL epoch {epoch}: beta = {beta:.4f}' + (f' (c_r = {c_r:.4f})' if c_r is not None else ''))
-        if tb_log is not None:
-            tb_log.add_scalar('dgpl/beta', beta, epoch)
-            if c_r is not None:
-                tb_log.add_scalar('dgpl/c_r', c_r, epoch)
-        return beta, c_r
+        """DGPLGateHook's before-epoch step without a trainer: set β for 0-based `epoch`; returns `(β, c_r)`."""
+        from ...training.hooks import DGPLGateHook
+        return DGPLGateHook(self).begin_epoch(epoch, dataset, logger=logger, tb_log=tb_log, ckpt_dir=ckpt_dir)
 
     def on_train_epoch_end(self, epoch):
-        dgpl_cfg = self.dense_head.dgpl_cfg
-        if dgpl_cfg['ENABLED'] and dgpl_cfg['FIXED_BETA'] is None:
-            self.gate.record(self, epoch)
+        """DGPLGateHook's after-epoch step without a trainer: snapshot the encoder."""
+        from ...training.hooks import DGPLGateHook
+        DGPLGateHook(self).end_epoch(epoch)
