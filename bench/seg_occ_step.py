@@ -1,10 +1,9 @@
 """Share of label / occupancy-volume loading in a sample, and of the seg / occ head in a training step.
 
-Data side (always CPU): `dataset[i]` of the real `NuScenesDataset` in training mode, built from the task config's
-DATA_CONFIG (DATA_PATH replaced; SAMPLED_INTERVAL set to 1 so every train frame is used), on a synthetic nuScenes
-set written by the project's generator at real nuScenes density (32 beams x 1084 azimuth steps, ~30k points per
-scan, 10 scenes x 2 key frames, each with >= 9 earlier sweeps, occupancy GT on the 512 x 512 x 40 grid). The
-dataset's own functions are wrapped with timers, so the rows add up to `dataset[i]`:
+Data side (always CPU): `dataset[i]` of the real `NuScenesDataset` (training mode, the task config's DATA_CONFIG,
+DATA_PATH replaced, SAMPLED_INTERVAL 1) on a synthetic set written by the project's generator at real nuScenes density
+(32 beams x 1084 azimuth steps, ~30k points per scan; 10 scenes x 2 key frames with >= 9 sweeps each; occupancy GT
+on the 512 x 512 x 40 grid). The dataset's own functions are wrapped with timers, so the rows add up to `dataset[i]`:
 
     points + sweeps           get_lidar_with_sweeps minus the label rows in it (key frame + MAX_SWEEPS - 1 sweeps)
     labels: read + map        LidarsegLabels.columns (read the uint8 files, check, map 32 -> 16 classes)
@@ -15,12 +14,11 @@ dataset's own functions are wrapped with timers, so the rows add up to `dataset[
     augmentation              data_augmentor.forward (points)
     encoding + processor      point_feature_encoder.forward + data_processor.forward (range mask, shuffle)
     other                     the rest of dataset[i] (info copy, metadata, lidar_aug_matrix)
-The label (segmentation: read + map) or volume (occupancy: read + check + densify + aug transform) share is over the
-median `dataset[i]` time; medians over `--samples` frames after `--warmup_samples` untimed ones.
+Loading share: label read + map (segmentation) or volume read + check + densify + aug transform (occupancy) over
+`dataset[i]`; medians over `--samples` frames after `--warmup_samples` untimed ones.
 
-Model side (`--device`): full training steps (`loss, tb_dict, _ = model(batch)`, backward, clip_grad_norm_ to the
-config's GRAD_NORM_CLIP, AdamW step, zero_grad) of the config's model on `--batch_size` collated samples from the
-data side (moved with load_data_to_device):
+Model side (`--device`): training steps (`model(batch)`, backward, clip_grad_norm_ to GRAD_NORM_CLIP, AdamW,
+zero_grad) of the config's model on `--batch_size` collated samples from the data side:
 
     VFE, DSVT encoder         model.vfe.forward, model.backbone_3d.forward
     head forward, head loss   dense_head.forward (occupancy: incl. down-sampling the GT), dense_head.get_loss
@@ -29,12 +27,13 @@ data side (moved with load_data_to_device):
                               sequence numbers), so this is the head's share of the backward pass
     encoder backward + optim  the rest of backward, gradient clipping, AdamW, zero_grad
     other                     step total minus the rows above (detector glue)
-With --device cuda every timer synchronises the device at both ends (and in the hook). Rows are medians over
-`--repeats` steps after `--warmup` (defaults 2 / 0 on CPU, 10 / 3 on CUDA). The head share is forward + loss +
-backward over the median step.
+The indented "of which" row (segmentation: Lovasz-softmax in the loss; occupancy: GT down-sampling in the forward) is
+part of the row above it and is not added again.
+With --device cuda every timer (and the hook) synchronises the device. Rows are medians over `--repeats` steps after
+`--warmup` (defaults 2 / 0 on CPU, 10 / 3 on CUDA); head share = forward + loss + backward over the median step.
 
-    python bench/seg_occ_step.py --task segmentation               # full-size config, CPU
-    python bench/seg_occ_step.py --task occupancy --data_path /tmp/segocc   # generates once, reused later
+    python bench/seg_occ_step.py --task segmentation     # full-size config, CPU: ~25 s to write the set, ~1.5 min
+    python bench/seg_occ_step.py --task occupancy --data_path /tmp/segocc   # ~2.5 min; the set is kept and reused
     python bench/seg_occ_step.py --task occupancy --cfg_file \\
         tools/cfgs/gpicture_models/gpicture_tiny_synthetic_occupancy.yaml --repeats 5 --warmup 1
     python bench/seg_occ_step.py --task segmentation --device cuda
@@ -65,10 +64,10 @@ from pcdet.utils.batching import load_data_to_device  # noqa: E402
 VERSION = 'v1.0-mini'
 DEFAULT_CFGS = {task: f'tools/cfgs/gpicture_models/gpicture_nuscenes_{task}.yaml'
                 for task in ('segmentation', 'occupancy')}
-TASK_DATA_ROWS = {'segmentation': ('labels: read + map', 'labels: carry columns'),
-                  'occupancy': ('occupancy: read + check', 'occupancy: densify', 'occupancy: aug transform')}
 LOADING_ROWS = {'segmentation': ('labels: read + map',),
                 'occupancy': ('occupancy: read + check', 'occupancy: densify', 'occupancy: aug transform')}
+TASK_DATA_ROWS = {'segmentation': LOADING_ROWS['segmentation'] + ('labels: carry columns',),
+                  'occupancy': LOADING_ROWS['occupancy']}
 MODEL_ROWS = ('VFE', 'DSVT encoder', 'head forward', 'head loss', 'head backward', 'encoder backward + optim',
               'other')
 HEAD_ROWS = ('head forward', 'head loss', 'head backward')
@@ -122,10 +121,6 @@ def ensure_data(data_path):
         if done.returncode:
             raise RuntimeError(f'{" ".join(command)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}')
     return time.perf_counter() - start
-
-
-def median_rows(rows, names):
-    return {name: statistics.median(row[name] for row in rows) for name in names}
 
 
 def time_samples(dataset, task, num_samples, warmup):
@@ -224,9 +219,7 @@ def time_steps(model, batch, task, device, repeats, warmup, grad_clip):
 def print_table(title, rows, names):
     total = statistics.median(row['total'] for row in rows)
     header = f'{"part":<28}{"median ms":>11}{"share":>8}{"min ms":>10}{"max ms":>10}'
-    print(title)
-    print(header)
-    print('-' * len(header))
+    print(f'{title}\n{header}\n{"-" * len(header)}')
     for name in names + ('total',):
         values = [row.get(name, 0.0) for row in rows]
         median = statistics.median(values)
@@ -300,8 +293,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     result = run(args)
-    cfg, task = result['cfg'], args.task
-    batch, model_cfg = result['batch'], cfg.MODEL
+    cfg, task, model_cfg = result['cfg'], args.task, result['cfg'].MODEL
     print(f'{task}: {result["cfg_path"].name} ({model_cfg.VFE.NAME}, {model_cfg.BACKBONE_3D.NAME} '
           f'{len(model_cfg.BACKBONE_3D.d_model)} stage(s) d_model {model_cfg.BACKBONE_3D.d_model[0]}, '
           f'{model_cfg.DENSE_HEAD.NAME}); MAX_SWEEPS {cfg.DATA_CONFIG.MAX_SWEEPS}; device {args.device}; torch '
@@ -309,16 +301,16 @@ def main(argv=None):
           + (f'; synthetic set written in {result["generate_s"]:.0f} s' if result['generate_s'] else ''))
     print_table(f'\ndata side: dataset[i], median of {args.samples} train frames (of {result["num_samples"]}) after '
                 f'{args.warmup_samples} warm-up', result['data'], result['data_names'])
-    points = int(batch['points'].shape[0])
+    points = int(result['batch']['points'].shape[0])
     print_table(f'\nmodel side: training step, batch {args.batch_size} ({points} points), median of {args.repeats} '
                 f'after {args.warmup} warm-up', result['model'], result['model_names'])
-    data, model = median_rows(result['data'], result['data_names'] + ('total',)), \
-        median_rows(result['model'], MODEL_ROWS + ('total',))
+    data, model = ({name: statistics.median(row[name] for row in rows) for name in names + ('total',)}
+                   for rows, names in ((result['data'], result['data_names']), (result['model'], MODEL_ROWS)))
     loading = sum(data[name] for name in LOADING_ROWS[task])
     head = sum(model[name] for name in HEAD_ROWS)
-    loss_text = ', '.join(f'{key} {float(value):.4f}' for key, value in result['tb_dict'].items())
-    print(f'\nloss: {loss_text}')
-    print(f'{"label" if task == "segmentation" else "volume"} loading ({" + ".join(LOADING_ROWS[task])}): '
+    print('\nloss: ' + ', '.join(f'{key} {float(value):.4f}' for key, value in result['tb_dict'].items()))
+    parts = ' + '.join(name.split(': ')[1] for name in LOADING_ROWS[task])
+    print(f'{"label" if task == "segmentation" else "volume"} loading ({parts}): '
           f'{loading:.1f} ms = {loading / data["total"]:.1%} of the sample preparation ({data["total"]:.1f} ms)')
     print(f'{model_cfg.DENSE_HEAD.NAME} (forward + loss + backward): {head:.1f} ms = '
           f'{head / model["total"]:.1%} of the training step ({model["total"]:.1f} ms)')

@@ -12,8 +12,8 @@
 * `geo_scal_loss(logits, target, ignore_index=255, empty_index=0)` and `sem_scal_loss(logits, target,
   ignore_index=255)`: MonoScene's scene-class affinity losses as OpenOccupancy uses them (spec §B.7), on logits
   (B, C, ...) and labels (B, ...); both are `F.binary_cross_entropy(x, 1)` of precision / recall / specificity
-  ratios (so `-log x` with PyTorch's clamp at -100). Deviation, documented in docs/SEGMENTATION_OCCUPANCY.md: a ratio whose
-  target set is empty is left out (the reference would add the clamped value 100 with a ~1e12 gradient):
+  ratios (so `-log x` with PyTorch's clamp at -100). Deviation, documented in docs/SEGMENTATION_OCCUPANCY.md: a
+  ratio whose target set is empty is left out (the reference would add the clamped value 100 with a ~1e12 gradient):
   geo_scal drops precision and recall when no valid voxel is occupied and specificity when none is free;
   sem_scal only visits classes present in the target (as the reference) and drops specificity when the class
   covers every valid voxel. With no valid element both return 0.
