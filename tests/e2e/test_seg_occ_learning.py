@@ -64,17 +64,19 @@ def seg_occ_runs(request, tmp_path_factory):
         yield {task: pool.submit(task_pipeline, task, workdir / 'data', workdir / task) for task in selected}
 
 
-def record(record_property, prefix, metrics):
-    for key, value in metrics.items():
-        if isinstance(value, (int, float)):
-            record_property(f'{prefix}{key}', round(float(value), 4))
+def recorded_result(seg_occ_runs, task, record_property):
+    """The task's (model metrics, baseline metrics, seconds), with every number recorded in the JUnit report."""
+    model, baseline, timings = seg_occ_runs[task].result()
+    for prefix, metrics in (('', model), ('baseline_', baseline)):
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                record_property(f'{prefix}{key}', round(float(value), 4))
+    return model, baseline, timings
 
 
 @pytest.mark.slow
 def test_tiny_segmentation_learns(seg_occ_runs, record_property):
-    model, baseline, timings = seg_occ_runs['segmentation'].result()
-    record(record_property, '', model)
-    record(record_property, 'baseline_', baseline)
+    model, baseline, timings = recorded_result(seg_occ_runs, 'segmentation', record_property)
     miou, floor = model['lidarseg/mIoU'], baseline['lidarseg/mIoU']
     summary = (f'LidarSegEval mIoU {miou:.3f} (fwIoU {model["lidarseg/fwIoU"]:.3f}); height-majority floor '
                f'{floor:.3f}; seconds: {timings}')
@@ -84,9 +86,7 @@ def test_tiny_segmentation_learns(seg_occ_runs, record_property):
 
 @pytest.mark.slow
 def test_tiny_occupancy_learns(seg_occ_runs, record_property):
-    model, baseline, timings = seg_occ_runs['occupancy'].result()
-    record(record_property, '', model)
-    record(record_property, 'baseline_', baseline)
+    model, baseline, timings = recorded_result(seg_occ_runs, 'occupancy', record_property)
     ssc, sc = model['occupancy/SSC_mIoU_present'], model['occupancy/SC_IoU']
     floor = baseline['occupancy/SSC_mIoU_present']
     summary = (f'SSC mIoU {ssc:.3f} (official {model["occupancy/SSC_mIoU"]}), SC IoU {sc:.3f}; height-majority floor '
