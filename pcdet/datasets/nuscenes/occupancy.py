@@ -92,8 +92,9 @@ def load_occupancy_rows(path, grid):
         raise OccupancyError(f'occupancy file {path} has dtype {rows.dtype}; expected {expected}')
     rows = rows.astype(np.int64, copy=False)
     size_zyx = np.asarray(grid.grid_size[::-1], dtype=np.int64)
-    outside = ((rows[:, :3] < 0) | (rows[:, :3] >= size_zyx)).any(axis=1)
-    if outside.any():
+    in_grid = len(rows) == 0 or (rows[:, :3].min() >= 0 and (rows[:, :3].max(axis=0) < size_zyx).all())
+    if not in_grid:  # the per-row test only to name the offenders (it costs ~10x the min / max on 500k rows)
+        outside = ((rows[:, :3] < 0) | (rows[:, :3] >= size_zyx)).any(axis=1)
         raise OccupancyError(f'occupancy file {path}: {int(outside.sum())} rows have voxel indices outside the '
                              f'{grid.shape_text} grid, e.g. [z, y, x] = {rows[outside][0, :3].tolist()}; expected '
                              f'0 <= z < {size_zyx[0]}, 0 <= y < {size_zyx[1]}, 0 <= x < {size_zyx[2]} '
@@ -110,8 +111,9 @@ def densify(rows, grid_size):
     nx, ny, nz = (int(n) for n in grid_size)
     keys = (rows[:, 2] * ny + rows[:, 1]) * nz + rows[:, 0]
     volume = np.zeros(nx * ny * nz, dtype=np.uint8)
-    sorted_keys = np.sort(keys)
-    if len(keys) < 2 or (sorted_keys[1:] != sorted_keys[:-1]).all():  # no duplicate voxel: nothing to vote on
+    seen = np.zeros(nx * ny * nz, dtype=bool)
+    seen[keys] = True
+    if np.count_nonzero(seen) == len(keys):  # no duplicate voxel: nothing to vote on (a sort would cost ~15x)
         volume[keys] = np.where(rows[:, 3] == NOISE_IN_FILE, NOISE, rows[:, 3]).astype(np.uint8)
         return volume.reshape(nx, ny, nz)
     pairs, counts = np.unique(keys * (NUM_CLASSES + 1) + rows[:, 3], return_counts=True)
