@@ -86,6 +86,28 @@ def check_box_label_lengths(data_dict):
                      f'info / label file of this frame')
 
 
+MATRIX_ORDER = ('random_world_flip', 'random_world_rotation', 'random_world_scaling', 'random_world_translation')
+
+
+def check_matrix_order(augmentor_cfg, what):
+    """ConfigError unless the augmentations `lidar_aug_matrix` composes run at most once each and in its order
+    (flip -> rotation -> scaling -> translation, each flip axis once): the matrix is rebuilt from their records, so
+    another order would move `what` differently from the points."""
+    configs, disabled = augmentor_entries(augmentor_cfg)
+    names = [AUGMENTOR_ENTRY_SCHEMA.get(c, 'NAME') for c in configs]
+    names = [name for name in names if name in MATRIX_ORDER and name not in disabled]
+    if len(set(names)) != len(names) or names != sorted(names, key=MATRIX_ORDER.index):
+        raise ConfigError(f'{SECTION}.DATA_AUGMENTOR.AUG_CONFIG_LIST runs {names}: with {what}, each of '
+                          f'{list(MATRIX_ORDER)} may appear once and in that order (the augmentation matrix that '
+                          f'moves {what} is composed in that order)')
+    for config in configs:
+        if AUGMENTOR_ENTRY_SCHEMA.get(config, 'NAME') == 'random_world_flip':
+            axes = list(config['ALONG_AXIS_LIST'])
+            if len(set(axes)) != len(axes):
+                raise ConfigError(f'{SECTION}.DATA_AUGMENTOR random_world_flip ALONG_AXIS_LIST {axes}: each axis at '
+                                  f'most once with {what} (only the last flip of an axis is recorded)')
+
+
 def lidar_aug_matrix(data_dict):
     """4x4 float32 matrix M with `[p_aug, 1] = M @ [p, 1]` for flip_x -> flip_y -> rotation -> scaling -> translation
     (the order of every shipped config); identity at test time."""

@@ -35,6 +35,15 @@ def occupancy_to_rows(volume):
     return np.stack([z, y, x, volume[x, y, z]], axis=1).astype(np.int16)
 
 
+def test_interval(dataset):
+    """DATA_CONFIG.SAMPLED_INTERVAL['test'] of a pcdet dataset (1 for stand-ins without a config)."""
+    schema, dataset_cfg = getattr(dataset, 'CONFIG_SCHEMA', None), getattr(dataset, 'dataset_cfg', None)
+    if schema is None or dataset_cfg is None:
+        return 1
+    interval = schema.get(dataset_cfg, 'SAMPLED_INTERVAL')
+    return int(interval['test']) if interval and 'test' in interval else 1
+
+
 class OccupancyEvaluator(DatasetEvaluator):
     """Summed confusion matrix -> SC IoU / SSC mIoU (module docs). `class_names`: the 16 class names in
     official order (ids 1..16)."""
@@ -100,6 +109,13 @@ class OccupancyEvaluator(DatasetEvaluator):
         metrics['occupancy/absent_classes'] = absent
         metrics['occupancy/num_frames'] = len(frame_cms)
         result_str = self._format(result, cm, absent, len(frame_cms))
+        interval = test_interval(self.dataset)
+        if interval > 1:  # the official protocol scores every val frame
+            note = (f'NOTE: DATA_CONFIG.SAMPLED_INTERVAL.test = {interval}: these numbers cover every {interval}-th '
+                    'frame of the split, not the official all-frame protocol')
+            self.logger.warning(note)
+            result_str += '\n' + note + '\n'
+            metrics['occupancy/subsampled_interval'] = interval
         atomic_pickle_dump({'metrics': metrics, 'confusion_matrix': cm, 'class_names': self.names},
                            self.result_dir / 'result.pkl')
         atomic_save_text(result_str, self.result_dir / 'result.txt')

@@ -411,3 +411,42 @@ def test_teacher_features_and_segmentation_columns_together():
                        'toy')
     with pytest.raises(ValueError, match='2\\*\\*24'):
         append_columns(np.zeros((1, 4)), SEG_COLUMNS, {'point_seg_labels': [0], 'point_raw_index': [2 ** 24]}, 'x')
+
+
+def test_occupancy_refuses_augmentation_orders_its_matrix_cannot_follow(occ_data_path):
+    def with_order(*names, flip_axes=('x', 'y')):
+        cfg = make_cfg(occ_data_path, 'occupancy', MAX_SWEEPS=1)
+        entries = {entry.NAME: entry for entry in cfg.DATA_AUGMENTOR.AUG_CONFIG_LIST}
+        entries['random_world_flip'].ALONG_AXIS_LIST = list(flip_axes)
+        cfg.DATA_AUGMENTOR.AUG_CONFIG_LIST = [entries[name] for name in names]
+        return cfg
+    # the matrix composes flip -> rotation -> scaling -> translation; a subset in that order is fine
+    NuScenesDataset(with_order('random_world_flip', 'random_world_scaling'), SEG_CLASSES, training=True)
+    for names in (('random_world_rotation', 'random_world_flip'),
+                  ('random_world_translation', 'random_world_scaling'),
+                  ('random_world_scaling', 'random_world_scaling')):
+        with pytest.raises(ConfigError, match='may appear once and in that order'):
+            NuScenesDataset(with_order(*names), SEG_CLASSES, training=True)
+    with pytest.raises(ConfigError, match=r"ALONG_AXIS_LIST \['x', 'x'\]"):
+        NuScenesDataset(with_order('random_world_flip', flip_axes=('x', 'x')), SEG_CLASSES, training=True)
+    # evaluation does not augment: any order builds
+    NuScenesDataset(with_order('random_world_rotation', 'random_world_flip'), SEG_CLASSES, training=False)
+
+
+def test_occupancy_grid_extent_must_be_the_point_cloud_range(occ_data_path):
+    cfg = make_cfg(occ_data_path, 'occupancy', MAX_SWEEPS=1, OCC_POINT_CLOUD_RANGE=[-40, -40, -1, 40, 40, 5.4])
+    with pytest.raises(ConfigError, match='OCC_POINT_CLOUD_RANGE .* must equal DATA_CONFIG.POINT_CLOUD_RANGE'):
+        NuScenesDataset(cfg, SEG_CLASSES, training=False)
+
+
+def test_the_unlabelled_test_version_gives_ignore_labels_and_raw_indices(data_path, tmp_path):
+    (tmp_path / 'v1.0-test').symlink_to(data_path / VERSION, target_is_directory=True)
+    cfg = make_cfg(tmp_path, 'segmentation', VERSION='v1.0-test', MAX_SWEEPS=1)
+    (data_path / VERSION / VERSION / 'lidarseg.json').rename(tmp_path / 'lidarseg.json')  # as in the test release
+    try:
+        sample = NuScenesDataset(cfg, SEG_CLASSES, training=False)[0]
+    finally:
+        (tmp_path / 'lidarseg.json').rename(data_path / VERSION / VERSION / 'lidarseg.json')
+    assert (sample['point_seg_labels'] == 0).all()
+    raw = sample['point_raw_index']
+    assert raw.min() >= 0 and len(np.unique(raw)) == len(raw)

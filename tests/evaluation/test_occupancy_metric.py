@@ -190,3 +190,25 @@ def test_brute_force_reference_itself_on_a_tiny_case():
     cm = brute_force_cm([0, 255, 3, 3], [1, 5, 3, 0])
     assert [(i, j, cm[i, j]) for i, j in itertools.product(range(17), range(17)) if cm[i, j]] == \
         [(0, 1, 1), (3, 0, 1), (3, 3, 1)]
+
+
+def test_a_subsampled_split_is_flagged_as_not_the_official_protocol(tmp_path):
+    from easydict import EasyDict
+
+    from pcdet.datasets.nuscenes.nuscenes_dataset import NuScenesDataset
+
+    class Subsampled:
+        CONFIG_SCHEMA = NuScenesDataset.CONFIG_SCHEMA
+        dataset_cfg = EasyDict({'SAMPLED_INTERVAL': {'train': 1, 'test': 4}})
+
+        def __len__(self):
+            return 1
+    rng = np.random.default_rng(5)
+    gt, pred = random_volumes(rng, (4, 4, 4), list(range(1, 17)))
+    for dataset, flagged in ((Subsampled(), True), (None, False)):
+        evaluator = OccupancyEvaluator(dataset, tmp_path, NAMES)
+        evaluator.reset()
+        evaluator.process(*_batch([gt], [pred]))
+        result_str, metrics = evaluator.evaluate()
+        assert ('not the official all-frame protocol' in result_str) == flagged
+        assert metrics.get('occupancy/subsampled_interval') == (4 if flagged else None)

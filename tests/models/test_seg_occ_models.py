@@ -291,3 +291,11 @@ def test_chunked_upsampling_equals_the_full_interpolation(size, chunk):
     reference = F.interpolate(logits[None], size=size, mode='trilinear', align_corners=False)[0].argmax(dim=0)
     got = upsample_argmax(logits, size, chunk)
     assert got.dtype == torch.uint8 and torch.equal(got.long(), reference)
+
+
+def test_seg_head_refuses_an_ignore_index_other_than_zero():
+    from pcdet.config import ConfigError
+    cfg = load('gpicture_tiny_synthetic_segmentation.yaml')
+    cfg.MODEL.DENSE_HEAD.IGNORE_INDEX = 255
+    with pytest.raises(ConfigError, match='IGNORE_INDEX must be 0'):
+        build(cfg)

@@ -151,7 +151,7 @@ class LidarsegLabels:
         return_raw_rows=True)` (part 0 = key frame, then the drawn sweeps), `raw_rows` its per-part file rows."""
         tokens = [info['lidar_token']] + [info['sweeps'][k]['sample_data_token'] for k in sweep_indices]
         lidar_paths = [info['lidar_path']] + [info['sweeps'][k]['lidar_path'] for k in sweep_indices]
-        labels, raw_index = [], []
+        labels = []
         for part, (token, lidar_path, rows) in enumerate(zip(tokens, lidar_paths, raw_rows)):
             if part == 0 or self.label_sweeps:
                 lidar_file = self.root_path / lidar_path
@@ -160,5 +160,19 @@ class LidarsegLabels:
                 labels.append(part_labels[rows])
             else:
                 labels.append(np.zeros(len(rows), dtype=np.int64))
-            raw_index.append(np.asarray(rows, dtype=np.int64) if part == 0 else np.full(len(rows), -1, np.int64))
-        return {'point_seg_labels': np.concatenate(labels), 'point_raw_index': np.concatenate(raw_index)}
+        return {'point_seg_labels': np.concatenate(labels), 'point_raw_index': raw_index_column(raw_rows)}
+
+
+def raw_index_column(raw_rows):
+    """(N,) int64 `point_raw_index`: the key frame's file rows (part 0), -1 for every sweep point."""
+    return np.concatenate([np.asarray(rows, dtype=np.int64) if part == 0 else np.full(len(rows), -1, np.int64)
+                           for part, rows in enumerate(raw_rows)])
+
+
+class UnlabelledLidarseg:
+    """The carried columns of a split without public labels (v1.0-test): every point's label is 0 (ignore), the raw
+    index as usual, so the evaluator can write the submission folder."""
+
+    def columns(self, info, sweep_indices, raw_rows):
+        raw_index = raw_index_column(raw_rows)
+        return {'point_seg_labels': np.zeros(len(raw_index), dtype=np.int64), 'point_raw_index': raw_index}

@@ -54,16 +54,17 @@ import numpy as np
 from ...config import ConfigError
 from ...utils.point_io import nonfinite_points_policy
 from ..carried_columns import SEG_COLUMNS, append_columns
-from ..dataset import TASKS, DatasetTemplate, check_has_samples
+from ..dataset import TASKS, DatasetTemplate, check_has_samples, check_matrix_order
 from ..prep_utils import InfoSchemaError, check_files_exist, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401
 from ..teachers import feature_store
 from . import occupancy
-from .lidarseg import CHALLENGE_CLASSES, LidarsegLabels, num_points_in_file
+from .lidarseg import CHALLENGE_CLASSES, LidarsegLabels, UnlabelledLidarseg, num_points_in_file
 from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_point_parts, resolve_data_path
 
 REQUIRED_INFO_KEYS = ('lidar_path', 'token', 'sweeps', 'ref_from_car', 'car_from_global', 'timestamp')
 TOKEN_INFO_KEYS = ('lidar_token', 'scene_token')  # needed by TASK segmentation / occupancy
 GT_INFO_KEYS = ('gt_boxes', 'gt_names', 'gt_boxes_velocity', 'gt_boxes_token', 'num_lidar_pts', 'num_radar_pts')
+UNLABELLED_VERSION = 'v1.0-test'  # no public lidarseg labels: segmentation predicts, the server scores
 CREATE_INFOS_COMMAND = ('python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos '
                         '--cfg_file <dataset yaml> --version {version} --data_path {data_path}')
 
@@ -175,12 +176,23 @@ class NuScenesDataset(DatasetTemplate):
                               f'classes in official order (ids 1..16) {list(CHALLENGE_CLASSES)}, got '
                               f'{self.class_names}')
         self.seg_labels = self.occ_grid = self.occ_root = None
-        if self.task == 'segmentation':
+        if self.task == 'segmentation' and self._cfg('VERSION') == UNLABELLED_VERSION:
+            self.seg_labels = UnlabelledLidarseg()
+        elif self.task == 'segmentation':
             self.seg_labels = LidarsegLabels(self.root_path, self._cfg('VERSION'), self.infos,
                                              self._info_source(self.mode), self._cfg('SEG_LABEL_SWEEPS'),
                                              with_sweeps=self._cfg('MAX_SWEEPS') > 1)
         elif self.task == 'occupancy':
-            self.occ_grid = occupancy.occupancy_grid(self._cfg('OCC_GRID_SIZE'), self._cfg('OCC_POINT_CLOUD_RANGE'))
+            occ_range = self._cfg('OCC_POINT_CLOUD_RANGE')
+            if not np.allclose(np.asarray(occ_range, dtype=np.float32), self.point_cloud_range):
+                # the volume is moved with the points' augmentation matrix about this grid's origin: another extent
+                # than the points' would misplace it silently
+                raise ConfigError(f'DATA_CONFIG.OCC_POINT_CLOUD_RANGE {list(occ_range)} must equal '
+                                  f'DATA_CONFIG.POINT_CLOUD_RANGE {self.point_cloud_range.tolist()} with '
+                                  'TASK: occupancy')
+            if self.training:
+                check_matrix_order(self._cfg('DATA_AUGMENTOR'), 'gt_occupancy')
+            self.occ_grid = occupancy.occupancy_grid(self._cfg('OCC_GRID_SIZE'), occ_range)
             self.occ_root = occupancy.occupancy_root(self.root_path, self._cfg('OCC_PATH'))
             check_files_exist((occupancy.occupancy_path(self.occ_root, info) for info in self.infos),
                               self._info_source(self.mode), 'occupancy files',

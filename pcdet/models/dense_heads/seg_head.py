@@ -31,6 +31,7 @@ get_predictions(batch_dict) -> list (B) of {'point_seg_preds': (N_b,) int64}: of
 import torch
 from torch import nn
 
+from ...config import ConfigError
 from ...config_schema import Schema, check_block
 from ...utils.seg_losses import cross_entropy_ignore, lovasz_softmax
 from ..detectors.detector3d_template import DENSE_HEAD_BASE_SCHEMA
@@ -104,6 +105,9 @@ class SegHead(nn.Module):
         check_class_names(class_names, num_class, 'SegHead')
         self.num_class = int(num_class)
         self.ignore_index = int(schema.get(model_cfg, 'IGNORE_INDEX'))
+        if self.ignore_index != 0:  # targets are `label - 1` (column c <-> official id c + 1): only 0 can be ignored
+            raise ConfigError(f'MODEL.DENSE_HEAD.IGNORE_INDEX must be 0 (the lidarseg ignore id), got '
+                              f'{self.ignore_index}')
         self.loss_weights = read_block(schema, model_cfg, 'LOSS_WEIGHTS', SEG_LOSS_WEIGHTS_SCHEMA,
                                        'DENSE_HEAD.LOSS_WEIGHTS')
         point_branch = read_block(schema, model_cfg, 'POINT_BRANCH', POINT_BRANCH_SCHEMA, 'DENSE_HEAD.POINT_BRANCH')
@@ -149,25 +153,41 @@ class SegHead(nn.Module):
         in_grid = batch_dict['point_in_grid_mask']
         voxel_index = batch_dict['point_voxel_index']
         voxel_features, voxel_coords = self.stage0_features(batch_dict)
+        rows = in_grid  # the points that get logits
+        labels = None
+        if self.training:
+            labels = self._checked_labels(batch_dict, points)
+            # Training scores only labelled points: with sweeps unlabelled (SEG_LABEL_SWEEPS False) ~90% of a 10-sweep
+            # cloud is ignore, and its point branch / classifier rows would cost time for a zero loss term.
+            labelled = labels[in_grid] != self.ignore_index
+            rows = in_grid.clone()
+            rows[in_grid] = labelled
+            voxel_index = voxel_index[labelled]
         features = voxel_features[voxel_index]
         if self.use_point_branch:
-            features = torch.cat([features, self.point_features(points[in_grid], voxel_index, voxel_coords)], dim=1)
-        logits_in = self.classifier(features)
-        logits = logits_in.new_zeros((points.shape[0], self.num_class))
-        logits[in_grid] = logits_in
-        batch_dict['point_seg_logits'] = logits
+            features = torch.cat([features, self.point_features(points[rows], voxel_index, voxel_coords)], dim=1)
+        logits_rows = self.classifier(features)
+        logits = logits_rows.new_zeros((points.shape[0], self.num_class))
+        logits[rows] = logits_rows
+        batch_dict['point_seg_logits'] = logits  # training: zero rows for ignored points
         if self.training:
-            if 'point_seg_labels' not in batch_dict:
-                raise KeyError('SegHead (training) needs batch_dict["point_seg_labels"] (P,): set DATA_CONFIG.TASK: '
-                               'segmentation')
-            labels = batch_dict['point_seg_labels'].reshape(-1).long()
-            if labels.shape[0] != points.shape[0]:
-                raise ValueError(f'point_seg_labels has {labels.shape[0]} rows, points has {points.shape[0]}')
-            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_class):
-                raise ValueError(f'point_seg_labels must hold official ids 0..{self.num_class}, got '
-                                 f'[{int(labels.min())}, {int(labels.max())}]')
-            self.forward_ret_dict = {'logits': logits_in, 'labels': labels[in_grid]}
+            self.forward_ret_dict = {'logits': logits_rows, 'labels': labels[rows]}
         return batch_dict
+
+    def _checked_labels(self, batch_dict, points):
+        if 'point_seg_labels' not in batch_dict:
+            raise KeyError('SegHead (training) needs batch_dict["point_seg_labels"] (P,): set DATA_CONFIG.TASK: '
+                           'segmentation')
+        labels = batch_dict['point_seg_labels'].reshape(-1).long()
+        if labels.shape[0] != points.shape[0]:
+            raise ValueError(f'point_seg_labels has {labels.shape[0]} rows, points has {points.shape[0]}')
+        # the dataset validates label files; the value check here runs on CPU tensors only, since on a GPU it would
+        # synchronise the host every step
+        if labels.device.type == 'cpu' and labels.numel() and (int(labels.min()) < 0 or
+                                                                int(labels.max()) > self.num_class):
+            raise ValueError(f'point_seg_labels must hold official ids 0..{self.num_class}, got '
+                             f'[{int(labels.min())}, {int(labels.max())}]')
+        return labels
 
     def get_loss(self):
         logits, labels = self.forward_ret_dict['logits'], self.forward_ret_dict['labels']
