@@ -92,8 +92,10 @@ def load_occupancy_rows(path, grid):
         raise OccupancyError(f'occupancy file {path} has dtype {rows.dtype}; expected {expected}')
     rows = rows.astype(np.int64, copy=False)
     size_zyx = np.asarray(grid.grid_size[::-1], dtype=np.int64)
-    in_grid = len(rows) == 0 or (rows[:, :3].min() >= 0 and (rows[:, :3].max(axis=0) < size_zyx).all())
-    if not in_grid:  # the per-row test only to name the offenders (it costs ~10x the min / max on 500k rows)
+    # per-column min / max (strided reductions over (N, 3) views cost ~20x more on 500k rows); the per-row test only
+    # runs to name the offenders
+    in_grid = len(rows) == 0 or all(0 <= rows[:, k].min() and rows[:, k].max() < size_zyx[k] for k in range(3))
+    if not in_grid:
         outside = ((rows[:, :3] < 0) | (rows[:, :3] >= size_zyx)).any(axis=1)
         raise OccupancyError(f'occupancy file {path}: {int(outside.sum())} rows have voxel indices outside the '
                              f'{grid.shape_text} grid, e.g. [z, y, x] = {rows[outside][0, :3].tolist()}; expected '
