@@ -7,10 +7,12 @@ from .center_head import CenterHead
 from .gpicture_head import GPicturePretrainHead
 from .occ_head import OccHead
 from .seg_head import SegHead
+from .transfusion_head import TransFusionHead
 
 __all__ = {
     'CenterHead': CenterHead,
     'GPicturePretrainHead': GPicturePretrainHead,
     'SegHead': SegHead,
     'OccHead': OccHead,
+    'TransFusionHead': TransFusionHead,
 }

@@ -7,6 +7,7 @@ from .centerpoint import CenterPoint
 from .detector3d_template import Detector3DTemplate, ModelGeometry  # noqa: F401 (ModelGeometry: public)
 from .gpicture import GPICTURE
 from .task_models import OccupancyNet, Segmentor3D
+from .transfusion import TransFusion
 
 __all__ = {
     'Detector3DTemplate': Detector3DTemplate,
@@ -14,6 +15,7 @@ __all__ = {
     'GPICTURE': GPICTURE,
     'Segmentor3D': Segmentor3D,
     'OccupancyNet': OccupancyNet,
+    'TransFusion': TransFusion,
 }
 
 
