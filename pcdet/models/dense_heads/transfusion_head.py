@@ -55,9 +55,10 @@ from ...ops.iou3d_nms import iou3d_nms_utils
 from ...utils import loss_utils
 from ..detectors.detector3d_template import DENSE_HEAD_BASE_SCHEMA
 from ..model_utils import model_nms_utils
-from ..model_utils.transfusion_utils import (
+from ..model_utils.transfusion_utils import (  # noqa: F401  (SeparateHead_Transfusion: upstream location)
     BasicBlock2D,
     PositionEmbeddingLearned,
+    SeparateHead_Transfusion,
     TransformerDecoderLayer,
     clip_sigmoid,
 )
@@ -70,34 +71,6 @@ DEFAULT_NMS_TASKS = {  # DSVT-repo get_bboxes: class groups with their own NMS t
     'Waymo': [{'CLASS_INDICES': [0], 'NMS_THRESH': 0.7}, {'CLASS_INDICES': [1], 'NMS_THRESH': 0.7},
               {'CLASS_INDICES': [2], 'NMS_THRESH': 0.7}],
 }
-
-
-class SeparateHead_Transfusion(nn.Module):  # noqa: N801  (upstream name)
-    """Per output: `(num_conv - 1) x [Conv1d -> BN1d -> ReLU]` (hidden `head_channels`) + `Conv1d(-> out, bias)`."""
-
-    def __init__(self, input_channels, head_channels, kernel_size, sep_head_dict, init_bias=-2.19, use_bias=False,
-                 bias_init_key='hm'):
-        super().__init__()
-        self.sep_head_dict = sep_head_dict
-        for cur_name in self.sep_head_dict:
-            output_channels = self.sep_head_dict[cur_name]['out_channels']
-            num_conv = self.sep_head_dict[cur_name]['num_conv']
-            fc_list = []
-            for k in range(num_conv - 1):
-                fc_list.append(nn.Sequential(
-                    nn.Conv1d(input_channels if k == 0 else head_channels, head_channels, kernel_size, stride=1,
-                              padding=kernel_size // 2, bias=use_bias),
-                    nn.BatchNorm1d(head_channels),
-                    nn.ReLU()))
-            fc_list.append(nn.Conv1d(head_channels if num_conv > 1 else input_channels, output_channels, kernel_size,
-                                     stride=1, padding=kernel_size // 2, bias=True))
-            fc = nn.Sequential(*fc_list)
-            if bias_init_key in cur_name:  # OpenPCDet tests 'hm' (never matches 'heatmap'); DSVT tests 'heatmap'
-                fc[-1].bias.data.fill_(init_bias)
-            self.__setattr__(cur_name, fc)
-
-    def forward(self, x):
-        return {cur_name: self.__getattr__(cur_name)(x) for cur_name in self.sep_head_dict}
 
 
 HUNGARIAN_SCHEMA = Schema('DENSE_HEAD.TARGET_ASSIGNER_CONFIG.HUNGARIAN_ASSIGNER', {

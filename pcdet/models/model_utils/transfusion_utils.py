@@ -5,6 +5,7 @@ Module and parameter names are upstream's, so an OpenPCDet / DSVT-repo checkpoin
 * `BasicBlock2D(C_in, C_out, **conv_kwargs)`: `conv` (Conv2d) -> `bn` (BatchNorm2d) -> ReLU.
 * `PositionEmbeddingLearned(d_in, C)`: `position_embedding_head.{0: Conv1d(d_in, C), 1: BN1d, 2: ReLU, 3: Conv1d(C, C)}`
   applied to raw (x, y) positions `(B, N, d_in)` -> `(B, C, N)`.
+* `SeparateHead_Transfusion`: the prediction FFNs (Conv1d k=1 branches, names `<head>.{0.0, 0.1, 1}`).
 * `TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation, self_posembed, cross_posembed)`:
   post-norm `self_attn` (nn.MultiheadAttention) -> `norm1`, `multihead_attn` (cross) -> `norm2`, FFN
   `linear2(dropout(act(linear1(q))))` -> `norm3`. Query and key *values* also carry their position embeddings
@@ -108,3 +109,31 @@ class TransformerDecoderLayer(nn.Module):
         query2 = self.linear2(self.dropout(self.activation(self.linear1(query))))
         query = self.norm3(query + self.dropout3(query2))
         return query.permute(1, 2, 0)
+
+
+class SeparateHead_Transfusion(nn.Module):  # noqa: N801  (upstream name)
+    """Per output: `(num_conv - 1) x [Conv1d -> BN1d -> ReLU]` (hidden `head_channels`) + `Conv1d(-> out, bias)`."""
+
+    def __init__(self, input_channels, head_channels, kernel_size, sep_head_dict, init_bias=-2.19, use_bias=False,
+                 bias_init_key='hm'):
+        super().__init__()
+        self.sep_head_dict = sep_head_dict
+        for cur_name in self.sep_head_dict:
+            output_channels = self.sep_head_dict[cur_name]['out_channels']
+            num_conv = self.sep_head_dict[cur_name]['num_conv']
+            fc_list = []
+            for k in range(num_conv - 1):
+                fc_list.append(nn.Sequential(
+                    nn.Conv1d(input_channels if k == 0 else head_channels, head_channels, kernel_size, stride=1,
+                              padding=kernel_size // 2, bias=use_bias),
+                    nn.BatchNorm1d(head_channels),
+                    nn.ReLU()))
+            fc_list.append(nn.Conv1d(head_channels if num_conv > 1 else input_channels, output_channels, kernel_size,
+                                     stride=1, padding=kernel_size // 2, bias=True))
+            fc = nn.Sequential(*fc_list)
+            if bias_init_key in cur_name:  # OpenPCDet tests 'hm' (never matches 'heatmap'); DSVT tests 'heatmap'
+                fc[-1].bias.data.fill_(init_bias)
+            self.__setattr__(cur_name, fc)
+
+    def forward(self, x):
+        return {cur_name: self.__getattr__(cur_name)(x) for cur_name in self.sep_head_dict}
