@@ -12,6 +12,7 @@ CFG_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs' / 'gpicture_mod
 PAIRS = [
     ('gpicture_tiny_synthetic_pretrain.yaml', 'gpicture_tiny_synthetic_finetune.yaml'),
     ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_detection.yaml'),
+    ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_detection_centerhead.yaml'),
     ('gpicture_waymo_pretrain.yaml', 'gpicture_waymo_detection.yaml'),
 ]
 ENCODER = ('vfe.', 'backbone_3d.')

@@ -23,6 +23,7 @@ CFG_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs' / 'gpicture_mod
 PAIRS = [
     ('gpicture_tiny_synthetic_pretrain.yaml', 'gpicture_tiny_synthetic_finetune.yaml'),
     ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_detection.yaml'),
+    ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_detection_centerhead.yaml'),
     ('gpicture_waymo_pretrain.yaml', 'gpicture_waymo_detection.yaml'),
 ]
 ENCODER = ('vfe', 'backbone_3d')
@@ -89,7 +90,7 @@ def _diff(a, b):
     return lines
 
 
-@pytest.fixture(scope='module', params=PAIRS, ids=[p[0].replace('_pretrain.yaml', '') for p in PAIRS])
+@pytest.fixture(scope='module', params=PAIRS, ids=[p[1].replace('.yaml', '') for p in PAIRS])
 def pair(request):
     pre_name, fine_name = request.param
     return _build(pre_name), _build(fine_name)
