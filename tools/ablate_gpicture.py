@@ -243,7 +243,8 @@ def markdown(table, opts, task='detection'):
         lines.append(f'| {row} | {ROWS[row][0]} | {stats[metrics[0]][2]} | {cells} |')
     lines.append('')
     lines.append(f'{task.capitalize()}: pretraining {opts.pretrain_epochs} epochs, fine-tune {opts.finetune_epochs} '
-                 f'epochs on every 10th train frame, {TASKS[task][3]} on the val split; mean ± sample std over seeds '
+                 f'epochs on every 10th train frame, {TASKS[task][3]} on {opts.version} '
+                 f'{"mini_val" if opts.version == "v1.0-mini" else "val"}; mean ± sample std over seeds '
                  f'{opts.seeds}.')
     return '\n'.join(lines) + '\n'
 
