@@ -43,6 +43,12 @@ from ..detectors.detector3d_template import DENSE_HEAD_BASE_SCHEMA
 from ..model_utils import centernet_utils, model_nms_utils
 from .target_assigner import center_targets
 
+# DENSE_HEAD.SEPARATE_HEAD_CFG of the CenterPoint-style heads (CenterHead, TransFusionHead)
+SEPARATE_HEAD_CFG_SCHEMA = Schema('DENSE_HEAD.SEPARATE_HEAD_CFG', {
+    'HEAD_ORDER': REQUIRED,
+    'HEAD_DICT': MapOf(Schema('SEPARATE_HEAD_CFG.HEAD_DICT entry', {'out_channels': REQUIRED, 'num_conv': REQUIRED}),
+                       default={}),
+}, required=True)
 
 class SeparateHead(nn.Module):
     """One conv branch per output (`center`, `center_z`, `dim`, `rot`, `vel`, `iou`, `hm`).
@@ -114,11 +120,7 @@ class CenterHead(nn.Module):
         'BN_EPS': 1e-5,
         'BN_MOM': 0.1,
         'IOU_REG_LOSS': False,
-        'SEPARATE_HEAD_CFG': Schema('DENSE_HEAD.SEPARATE_HEAD_CFG', {
-            'HEAD_ORDER': REQUIRED,
-            'HEAD_DICT': MapOf(Schema('SEPARATE_HEAD_CFG.HEAD_DICT entry', {'out_channels': REQUIRED,
-                                                                             'num_conv': REQUIRED}), default={}),
-        }, required=True),
+        'SEPARATE_HEAD_CFG': SEPARATE_HEAD_CFG_SCHEMA,
         'TARGET_ASSIGNER_CONFIG': TARGET_ASSIGNER_SCHEMA,
         'LOSS_CONFIG': Schema('DENSE_HEAD.LOSS_CONFIG', {'LOSS_WEIGHTS': LOSS_WEIGHTS_SCHEMA}, required=True),
         'POST_PROCESSING': POST_PROCESSING_SCHEMA,

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
-from ...config_schema import REQUIRED, MapOf, Schema
+from ...config_schema import REQUIRED, Schema
 from ...ops.iou3d_nms import iou3d_nms_utils
 from ...utils import loss_utils
 from ..detectors.detector3d_template import DENSE_HEAD_BASE_SCHEMA
@@ -62,6 +62,7 @@ from ..model_utils.transfusion_utils import (  # noqa: F401  (SeparateHead_Trans
     TransformerDecoderLayer,
     clip_sigmoid,
 )
+from .center_head import SEPARATE_HEAD_CFG_SCHEMA
 from .target_assigner.hungarian_assigner import HungarianAssigner3D
 from .target_assigner.transfusion_targets import TransFusionBoxCoder, heatmap_targets
 
@@ -116,11 +117,7 @@ class TransFusionHead(nn.Module):
         'ACTIVATION': 'relu',
         'NUM_HM_CONV': 2,
         'QUERY_RADIUS': None,              # local cross-attention window radius; None: global (dsvt: 20)
-        'SEPARATE_HEAD_CFG': Schema('DENSE_HEAD.SEPARATE_HEAD_CFG', {
-            'HEAD_ORDER': REQUIRED,
-            'HEAD_DICT': MapOf(Schema('SEPARATE_HEAD_CFG.HEAD_DICT entry', {'out_channels': REQUIRED,
-                                                                             'num_conv': REQUIRED}), default={}),
-        }, required=True),
+        'SEPARATE_HEAD_CFG': SEPARATE_HEAD_CFG_SCHEMA,
         'TARGET_ASSIGNER_CONFIG': TARGET_ASSIGNER_SCHEMA,
         'LOSS_CONFIG': LOSS_CONFIG_SCHEMA,
         'POST_PROCESSING': POST_PROCESSING_SCHEMA,
