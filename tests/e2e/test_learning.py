@@ -6,6 +6,9 @@ hard-coded except the bar):
             (infos + GT database, nuscenes-devkit) -> `tools/train.py` nuscenes_models/dsvt_tiny_synthetic.yaml ->
             `tools/test.py` (official devkit `DetectionEval` on mini_val); asserts the devkit's car AP (mean over the
             0.5 / 1 / 2 / 4 m thresholds, `metrics_summary.json`) >= 0.5.
+  TransFusion  the same nuScenes set (generated once, shared) -> `tools/train.py`
+            nuscenes_models/transfusion_tiny_synthetic.yaml (TransFusion-L head on the same tiny encoder, same
+            schedule) -> `tools/test.py` (DetectionEval on mini_val); asserts car AP >= 0.5.
   Waymo     `python -m pcdet.datasets.synthetic.waymo` (tfrecords, no TensorFlow) -> `create_waymo_infos` (infos +
             GT database) -> `tools/train.py` waymo_models/dsvt_tiny_synthetic_waymo.yaml -> `tools/test.py`
             (`WaymoDataset.evaluation`, 3D IoU 0.7 for Vehicles); asserts Vehicle LEVEL_1 AP >= 0.5.
@@ -28,6 +31,7 @@ NUSCENES_CFG = CFG_DIR / 'nuscenes_models' / 'dsvt_tiny_synthetic.yaml'
 # Dataset: e2e_tools.SYNTHETIC_GENERATOR_ARGS (the session fixture's 3 frames per scene are too few to learn from).
 NUSCENES_EPOCHS = 12
 CAR_AP_BAR = 0.5
+TRANSFUSION_CFG = CFG_DIR / 'nuscenes_models' / 'transfusion_tiny_synthetic.yaml'
 
 WAYMO_CFG = CFG_DIR / 'waymo_models' / 'dsvt_tiny_synthetic_waymo.yaml'
 # 24 train / 8 val segments of 5 frames; the generator's defaults: WOD-like class mix, 'stepped' vehicles.
@@ -51,12 +55,23 @@ def train_and_evaluate(cfg_file, epochs, data_path, workdir, env, timings):
     return run_dir
 
 
-def nuscenes_pipeline(workdir):
-    """Synthetic v1.0-mini -> infos -> train -> DetectionEval. -> (devkit metrics, seconds per step)."""
-    env, timings = tool_env(THREADS), {}
-    make_synthetic_nuscenes(workdir / 'data', env, workdir, timings)
-    run_dir = train_and_evaluate(NUSCENES_CFG, NUSCENES_EPOCHS, workdir / 'data', workdir, env, timings)
+def make_nuscenes_data(workdir):
+    """The shared synthetic v1.0-mini set + infos + GT database. -> (data path, seconds per step)."""
+    timings = {}
+    make_synthetic_nuscenes(workdir / 'data', tool_env(THREADS), workdir, timings)
+    return workdir / 'data', timings
+
+
+def nuscenes_pipeline(workdir, nuscenes_data, cfg_file=NUSCENES_CFG):
+    """Train `cfg_file` on the shared nuScenes set -> DetectionEval. -> (devkit metrics, seconds per step)."""
+    data_path, timings = nuscenes_data.result()
+    timings = dict(timings)
+    run_dir = train_and_evaluate(cfg_file, NUSCENES_EPOCHS, data_path, workdir, tool_env(THREADS), timings)
     return devkit_metrics(run_dir, NUSCENES_EPOCHS), timings
+
+
+def transfusion_pipeline(workdir, nuscenes_data):
+    return nuscenes_pipeline(workdir, nuscenes_data, TRANSFUSION_CFG)
 
 
 def logged_waymo_metrics(log_text):
@@ -64,7 +79,7 @@ def logged_waymo_metrics(log_text):
     return {key: float(value) for key, value in re.findall(r'^(OBJECT_TYPE_\w+/APH?): ([0-9.]+)$', log_text, re.M)}
 
 
-def waymo_pipeline(workdir):
+def waymo_pipeline(workdir, nuscenes_data=None):
     """Synthetic WOD segments -> create_waymo_infos -> train -> Waymo AP / APH. -> (logged metrics, seconds)."""
     env, data_path = tool_env(THREADS), workdir / 'data'
     timings = {
@@ -78,16 +93,23 @@ def waymo_pipeline(workdir):
 
 
 PIPELINES = {'test_tiny_dsvt_learns_cars_on_synthetic_nuscenes': nuscenes_pipeline,
+             'test_tiny_transfusion_learns_cars_on_synthetic_nuscenes': transfusion_pipeline,
              'test_tiny_dsvt_learns_vehicles_on_synthetic_waymo': waymo_pipeline}
+NUSCENES_TESTS = ('test_tiny_dsvt_learns_cars_on_synthetic_nuscenes',
+                  'test_tiny_transfusion_learns_cars_on_synthetic_nuscenes')
 
 
 @pytest.fixture(scope='module')
 def learning_runs(request, tmp_path_factory):
-    """{test name: Future of its pipeline}: every selected pipeline starts at once (a failure inside one is raised
-    by its test's `.result()`, with the tool's log tail)."""
+    """{test name: Future of its pipeline}: every selected pipeline starts at once; the two nuScenes ones share one
+    generated data set (a failure inside one is raised by its test's `.result()`, with the tool's log tail)."""
     selected = {item.name for item in request.session.items} & set(PIPELINES)
-    with ThreadPoolExecutor(max_workers=len(PIPELINES)) as pool:
-        yield {name: pool.submit(PIPELINES[name], tmp_path_factory.mktemp(name[:40])) for name in selected}
+    with ThreadPoolExecutor(max_workers=len(PIPELINES) + 1) as pool:
+        nuscenes_data = None
+        if selected & set(NUSCENES_TESTS):
+            nuscenes_data = pool.submit(make_nuscenes_data, tmp_path_factory.mktemp('nuscenes_data'))
+        yield {name: pool.submit(PIPELINES[name], tmp_path_factory.mktemp(name[:40]), nuscenes_data)
+               for name in selected}
 
 
 def record(record_property, metrics, timings):
@@ -96,9 +118,8 @@ def record(record_property, metrics, timings):
     return 'seconds: ' + ', '.join(f'{k} {v:.0f}' for k, v in timings.items())
 
 
-@pytest.mark.slow
-def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(learning_runs, record_property):
-    metrics, timings = learning_runs['test_tiny_dsvt_learns_cars_on_synthetic_nuscenes'].result()
+def check_car_ap(result, record_property, model):
+    metrics, timings = result
     car_ap = metrics['mean_dist_aps']['car']
     car_aps = ', '.join(f'{value:.3f}' for value in metrics['label_aps']['car'].values())
     report = (f'car AP {car_ap:.4f} (@0.5/1/2/4 m: {car_aps}), mAP {metrics["mean_ap"]:.4f}, '
@@ -106,7 +127,19 @@ def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(learning_runs, record_prope
     report += record(record_property, {'car_AP': car_ap, 'mAP': metrics['mean_ap'], 'NDS': metrics['nd_score']},
                      timings)
     print(report)
-    assert car_ap >= CAR_AP_BAR, f'the tiny DSVT did not learn cars well enough: {report}'
+    assert car_ap >= CAR_AP_BAR, f'the tiny {model} did not learn cars well enough: {report}'
+
+
+@pytest.mark.slow
+def test_tiny_dsvt_learns_cars_on_synthetic_nuscenes(learning_runs, record_property):
+    check_car_ap(learning_runs['test_tiny_dsvt_learns_cars_on_synthetic_nuscenes'].result(), record_property,
+                 'DSVT CenterPoint')
+
+
+@pytest.mark.slow
+def test_tiny_transfusion_learns_cars_on_synthetic_nuscenes(learning_runs, record_property):
+    check_car_ap(learning_runs['test_tiny_transfusion_learns_cars_on_synthetic_nuscenes'].result(), record_property,
+                 'DSVT TransFusion')
 
 
 @pytest.mark.slow
