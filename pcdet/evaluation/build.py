@@ -9,8 +9,7 @@ Config keys read: `DATA_CONFIG.TASK` (`detection` default | `segmentation` | `oc
 `cfg=None` or a config without DATA_CONFIG means detection.
 """
 from ..config import ConfigError
-
-TASKS = ('detection', 'segmentation', 'occupancy')
+from ..datasets.dataset import TASKS  # the one list of tasks (re-exported by pcdet.evaluation)
 
 
 def _schema_of(dataset):
