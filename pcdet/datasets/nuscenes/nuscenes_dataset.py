@@ -33,11 +33,12 @@ file references must exist (MissingDataFilesError naming the info file, the coun
 split must have samples (EmptyDatasetError naming INFO_PATH's files and the split). Point rows with NaN / inf
 follow NONFINITE_POINTS (`warn`, the default: dropped, one warning per file and process; `error`: raise).
 
-CLI (LiDAR only; camera infos, upstream's --with_cam, are not built):
+CLI:
     python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos \\
         --cfg_file tools/cfgs/dataset_configs/nuscenes_dataset.yaml --version v1.0-mini [--data_path DIR] \\
-        [--train_split NAME --val_split NAME]
-writes into DATA_PATH/VERSION: nuscenes_infos_{S}sweeps_{train,val}.pkl (v1.0-test: _test.pkl), then (train/val
+        [--train_split NAME --val_split NAME] [--with_cam]
+writes into DATA_PATH/VERSION: nuscenes_infos_{S}sweeps_{train,val}.pkl (v1.0-test: _test.pkl; `--with_cam` adds
+OpenPCDet's `cams` of the six cameras, nuscenes_utils module doc), then (train/val
 versions) the GT database (gt_database.py). Splits: v1.0-trainval -> train/val, v1.0-mini -> mini_train/mini_val,
 v1.0-test -> test; other names are custom splits from the devkit's `<dataroot>/<VERSION>/splits.json`
 ({"my_train": [scene names], ...}, as read by nuscenes-devkit 1.2.0); evaluate on one with EVAL_SET or eval_set=.
@@ -59,7 +60,7 @@ from ..prep_utils import InfoSchemaError, check_files_exist, load_pickle, resolv
 from ..teachers import feature_store
 from . import occupancy
 from .lidarseg import CHALLENGE_CLASSES, LidarsegLabels, UnlabelledLidarseg, num_points_in_file
-from .nuscenes_utils import INFO_SCHEMA, load_nusc, load_point_parts, resolve_data_path
+from .nuscenes_utils import INFO_SCHEMA, cams_problem, load_nusc, load_point_parts, resolve_data_path
 
 REQUIRED_INFO_KEYS = ('lidar_path', 'token', 'sweeps', 'ref_from_car', 'car_from_global', 'timestamp')
 TOKEN_INFO_KEYS = ('lidar_token', 'scene_token')  # needed by TASK segmentation / occupancy
@@ -87,7 +88,7 @@ def info_problem(info, require_gt, min_sweeps):
                 f'{gt_shape[0]} rows (one name per box)')
     if len(info['sweeps']) < min_sweeps:
         return f'only {len(info["sweeps"])} sweeps per frame, MAX_SWEEPS needs {min_sweeps}'
-    return None
+    return cams_problem(info)
 
 
 def validate_infos(infos, info_path, require_gt=False, min_sweeps=0):
@@ -365,14 +366,17 @@ class NuScenesDataset(DatasetTemplate):
                                            nonfinite=self.nonfinite_points)
 
 
-def create_nuscenes_infos(dataset_cfg, version, data_path, train_split=None, val_split=None, logger=None):
-    """Infos for the version's splits, then (train/val versions) the GT database; all under DATA_PATH/VERSION."""
+def create_nuscenes_infos(dataset_cfg, version, data_path, train_split=None, val_split=None, logger=None,
+                          with_cam=False):
+    """Infos for the version's splits (`with_cam`: with `cams`), then (train/val versions) the GT database; all
+    under DATA_PATH/VERSION."""
     from .gt_database import create_groundtruth_database
     from .nuscenes_utils import create_nuscenes_info
     dataroot = Path(data_path) / version
     max_sweeps = NuScenesDataset.CONFIG_SCHEMA.get(dataset_cfg, 'MAX_SWEEPS')
     nonfinite = nonfinite_points_policy(dataset_cfg)  # a bad value fails before the long info pass
-    info_paths = create_nuscenes_info(version, dataroot, dataroot, max_sweeps, train_split, val_split, logger)
+    info_paths = create_nuscenes_info(version, dataroot, dataroot, max_sweeps, train_split, val_split, logger,
+                                      with_cam=with_cam)
     if 'train' in info_paths:
         train_infos = load_infos(info_paths['train'], require_gt=True, min_sweeps=max_sweeps - 1)
         create_groundtruth_database(dataroot, train_infos, max_sweeps, logger=logger,
@@ -382,8 +386,7 @@ def create_nuscenes_infos(dataset_cfg, version, data_path, train_split=None, val
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description='Create nuScenes infos + GT database (OpenPCDet format) through nuscenes-devkit. LiDAR only: '
-                    'camera infos (upstream --with_cam) are not built.')
+        description='Create nuScenes infos + GT database (OpenPCDet format) through nuscenes-devkit.')
     parser.add_argument('--func', default='create_nuscenes_infos', choices=['create_nuscenes_infos'])
     parser.add_argument('--cfg_file', default='tools/cfgs/dataset_configs/nuscenes_dataset.yaml')
     parser.add_argument('--version', default=None,
@@ -395,7 +398,8 @@ def parse_args(argv=None):
                         help='scene split for the train infos (default train / mini_train); a name that is not a '
                              'devkit split is read from <dataroot>/<version>/splits.json {"name": [scene names]}')
     parser.add_argument('--val_split', default=None, help='scene split for the val infos (default val / mini_val)')
-    parser.add_argument('--with_cam', action='store_true', help='not supported (LiDAR-only infos)')
+    parser.add_argument('--with_cam', action='store_true',
+                        help="also write the six cameras' infos (OpenPCDet's cams: paths, intrinsics, sensor2lidar)")
     return parser.parse_args(argv)
 
 
@@ -404,15 +408,14 @@ def main(argv=None):
     from pcdet.config_registry import validate_config
     from pcdet.utils.common_utils import create_logger
     args = parse_args(argv)
-    if args.with_cam:
-        raise SystemExit('--with_cam is not supported: pcdet builds LiDAR-only nuScenes infos')
     dataset_cfg = validate_config(cfg_from_yaml_file(resolve_cfg_file(args.cfg_file)), source=args.cfg_file)
     schema = NuScenesDataset.CONFIG_SCHEMA
     version = args.version or schema.need(dataset_cfg, 'VERSION', 'or --version to create the infos')
     data_path = Path(args.data_path) if args.data_path else \
         resolve_data_path(schema.need(dataset_cfg, 'DATA_PATH', 'or --data_path to create the infos'))
     dataset_cfg.VERSION = version
-    create_nuscenes_infos(dataset_cfg, version, data_path, args.train_split, args.val_split, create_logger())
+    create_nuscenes_infos(dataset_cfg, version, data_path, args.train_split, args.val_split, create_logger(),
+                          with_cam=args.with_cam)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,15 @@ Info dict, one per keyframe (OpenPCDet schema, spec §2.1; frames: "LiDAR" = key
     ref_from_car      4x4 ego -> LiDAR at the keyframe;  car_from_global  4x4 global -> ego at the keyframe
     timestamp         keyframe time in seconds
     info_schema       INFO_SCHEMA (marker checked by loaders; absent in upstream OpenPCDet infos, which still load)
-    cam_front_path, cam_intrinsic   only when the sample has a CAM_FRONT record (camera infos are not built)
+    cam_front_path, cam_intrinsic   only when the sample has a CAM_FRONT record
+    cams              only with `with_cam` (upstream's --with_cam): {channel: cam dict} for the six cameras
+                      (CAMERA_CHANNELS), each {data_path (relative to the dataroot), type (= channel),
+                      sample_data_token, sensor2ego_translation (3,), sensor2ego_rotation [w, x, y, z],
+                      ego2global_translation, ego2global_rotation (ego pose at the CAMERA timestamp), timestamp (us),
+                      sensor2lidar_rotation (3, 3), sensor2lidar_translation (3,): p_lidar = R @ p_cam + T with
+                      "lidar" the keyframe LIDAR_TOP frame at the LiDAR timestamp (camera -> ego at camera time ->
+                      global -> ego at LiDAR time -> LiDAR, as upstream's obtain_sensor2top), camera_intrinsics
+                      (3, 3), image_shape (height, width)}
   train/val only (annotations with num_lidar_pts + num_radar_pts == 0 are dropped):
     gt_boxes (N, 9) float64 [x, y, z, l, w, h, yaw, vx, vy] in LiDAR, z = box centre, yaw CCW from +x
     gt_boxes_velocity (N, 3) LiDAR-frame velocity (NaN when the devkit cannot estimate it)
@@ -50,6 +58,11 @@ map_name_from_general_to_detection = {
 }
 DEFAULT_SPLITS = {'v1.0-trainval': ('train', 'val'), 'v1.0-mini': ('mini_train', 'mini_val'),
                   'v1.0-test': ('test', None)}
+CAMERA_CHANNELS = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_BACK_RIGHT')
+CAM_INFO_SHAPES = {'sensor2lidar_rotation': (3, 3), 'sensor2lidar_translation': (3,), 'camera_intrinsics': (3, 3),
+                   'image_shape': (2,)}
+CAM_INFO_KEYS = ('data_path', 'type', 'sample_data_token', 'sensor2ego_translation', 'sensor2ego_rotation',
+                 'ego2global_translation', 'ego2global_rotation', 'timestamp') + tuple(CAM_INFO_SHAPES)
 SYNTHETIC_HINT = ('run `python -m pcdet.datasets.synthetic.nuscenes --root <DATA_PATH>/v1.0-mini --version v1.0-mini '
                   '--num_scenes 10` to create a synthetic one')
 
@@ -171,7 +184,55 @@ def gt_fields(nusc, sample, ref_sd_rec):
     }
 
 
-def build_info(nusc, sample, max_sweeps, with_gt):
+def camera_info(nusc, cam_token, lidar_from_global):
+    """The `cams[channel]` dict of one camera sample_data (module doc); `lidar_from_global` (4, 4) is keyframe
+    LiDAR <- ego (LiDAR time) <- global."""
+    sd_rec = nusc.get('sample_data', cam_token)
+    cs_rec = nusc.get('calibrated_sensor', sd_rec['calibrated_sensor_token'])
+    pose_rec = nusc.get('ego_pose', sd_rec['ego_pose_token'])
+    # through the global frame with the camera's own ego pose: the ego moves between the two timestamps
+    lidar_from_camera = reduce(np.dot, [lidar_from_global, pose_matrix(pose_rec, inverse=False),
+                                        pose_matrix(cs_rec, inverse=False)])
+    return {
+        'data_path': sd_rec['filename'], 'type': sd_rec['channel'], 'sample_data_token': sd_rec['token'],
+        'sensor2ego_translation': cs_rec['translation'], 'sensor2ego_rotation': cs_rec['rotation'],
+        'ego2global_translation': pose_rec['translation'], 'ego2global_rotation': pose_rec['rotation'],
+        'timestamp': sd_rec['timestamp'], 'sensor2lidar_rotation': lidar_from_camera[:3, :3],
+        'sensor2lidar_translation': lidar_from_camera[:3, 3], 'camera_intrinsics': np.array(cs_rec['camera_intrinsic']),
+        'image_shape': (sd_rec['height'], sd_rec['width']),
+    }
+
+
+def camera_infos(nusc, sample, lidar_from_global):
+    """{channel: camera_info} of the six cameras of a keyframe; ValueError naming the sample and the dataroot when
+    one is missing."""
+    missing = [channel for channel in CAMERA_CHANNELS if channel not in sample['data']]
+    if missing:
+        raise ValueError(f'--with_cam: sample {sample["token"]} of {nusc.dataroot}/{nusc.version} has no {missing} '
+                         f'sample_data; create infos without --with_cam or a dataset with cameras (synthetic: '
+                         f'--with_cameras)')
+    return {channel: camera_info(nusc, sample['data'][channel], lidar_from_global) for channel in CAMERA_CHANNELS}
+
+
+def cams_problem(info):
+    """What is wrong with `info['cams']` (absent is fine), or None."""
+    cams = info.get('cams')
+    if cams is None:
+        return None
+    if not isinstance(cams, dict):
+        return f'frame {info.get("token")}: cams is a {type(cams).__name__}, not a dict'
+    for channel, cam in cams.items():
+        missing = [key for key in CAM_INFO_KEYS if key not in cam]
+        if missing:
+            return f'frame {info.get("token")}: cams[{channel!r}] is missing keys {missing}'
+        for key, shape in CAM_INFO_SHAPES.items():
+            if np.shape(cam[key]) != shape:
+                return (f'frame {info.get("token")}: cams[{channel!r}][{key!r}] has shape {np.shape(cam[key])}, '
+                        f'not {shape}')
+    return None
+
+
+def build_info(nusc, sample, max_sweeps, with_gt, with_cam=False):
     """One info dict for a keyframe sample (schema in the module doc)."""
     ref_sd_rec = nusc.get('sample_data', sample['data']['LIDAR_TOP'])
     ref_from_car = pose_matrix(nusc.get('calibrated_sensor', ref_sd_rec['calibrated_sensor_token']), inverse=True)
@@ -188,12 +249,14 @@ def build_info(nusc, sample, max_sweeps, with_gt):
         info['cam_front_path'] = cam_sd_rec['filename']
         info['cam_intrinsic'] = np.array(
             nusc.get('calibrated_sensor', cam_sd_rec['calibrated_sensor_token'])['camera_intrinsic'])
+    if with_cam:
+        info['cams'] = camera_infos(nusc, sample, ref_from_car @ car_from_global)
     if with_gt:
         info.update(gt_fields(nusc, sample, ref_sd_rec))
     return info
 
 
-def fill_infos(nusc, scene_tokens_by_split, max_sweeps, with_gt=True):
+def fill_infos(nusc, scene_tokens_by_split, max_sweeps, with_gt=True, with_cam=False):
     """Iterate `nusc.sample` once; returns {split_name: [info, ...]} in sample-table order."""
     from tqdm import tqdm
     split_of_scene = {token: split for split, tokens in scene_tokens_by_split.items() for token in tokens}
@@ -201,7 +264,7 @@ def fill_infos(nusc, scene_tokens_by_split, max_sweeps, with_gt=True):
     for sample in tqdm(nusc.sample, desc='create_nuscenes_infos', dynamic_ncols=True):
         split = split_of_scene.get(sample['scene_token'])
         if split is not None:
-            infos[split].append(build_info(nusc, sample, max_sweeps, with_gt))
+            infos[split].append(build_info(nusc, sample, max_sweeps, with_gt, with_cam))
     return infos
 
 
@@ -211,10 +274,11 @@ def info_file_name(max_sweeps, split_kind):
 
 
 def create_nuscenes_info(version, dataroot, save_path=None, max_sweeps=10, train_split=None, val_split=None,
-                         logger=None):
+                         logger=None, with_cam=False):
     """Write `nuscenes_infos_{S}sweeps_{train,val}.pkl` (or `_test.pkl`) atomically into `save_path` (default:
     `dataroot`). Split names default to DEFAULT_SPLITS[version]; any other name is read from the devkit's custom
-    `<dataroot>/<version>/splits.json` ({"name": [scene names]}). Returns {split_kind: info file path}."""
+    `<dataroot>/<version>/splits.json` ({"name": [scene names]}). `with_cam` adds `cams` (module doc).
+    Returns {split_kind: info file path}."""
     from pcdet.utils.file_utils import atomic_pickle_dump
     logger = logger or logging.getLogger(__name__)
     default_train, default_val = DEFAULT_SPLITS.get(version, (None, None))
@@ -231,7 +295,7 @@ def create_nuscenes_info(version, dataroot, save_path=None, max_sweeps=10, train
         names = scene_names_of_split(nusc, split_name)
         scene_tokens[kind] = {available[name] for name in names if name in available}
         logger.info(f'{kind} split {split_name!r}: {len(scene_tokens[kind])} of {len(names)} scenes available')
-    infos = fill_infos(nusc, scene_tokens, max_sweeps, with_gt=not is_test)
+    infos = fill_infos(nusc, scene_tokens, max_sweeps, with_gt=not is_test, with_cam=with_cam)
     save_path = Path(save_path or dataroot)
     written = {}
     for kind, kind_infos in infos.items():

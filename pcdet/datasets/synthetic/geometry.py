@@ -31,6 +31,28 @@ def quaternion_from_rpy(roll, pitch, yaw):
     ])
 
 
+def quaternion_from_matrix(rotation):
+    """Unit quaternion `[w, x, y, z]` (w >= 0) of a 3x3 rotation matrix (Shepperd's method: divides by the
+    largest of the four candidate components, so it is accurate for every rotation)."""
+    r = np.asarray(rotation, dtype=np.float64)
+    trace = np.trace(r)
+    candidates = [trace, r[0, 0], r[1, 1], r[2, 2]]
+    k = int(np.argmax(candidates))
+    if k == 0:
+        s = 2.0 * np.sqrt(1.0 + trace)
+        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
+    else:
+        i, j, m = k - 1, k % 3, (k + 1) % 3
+        s = 2.0 * np.sqrt(1.0 + r[i, i] - r[j, j] - r[m, m])
+        q = np.zeros(4)
+        q[0] = (r[m, j] - r[j, m]) / s
+        q[1 + i] = 0.25 * s
+        q[1 + j] = (r[j, i] + r[i, j]) / s
+        q[1 + m] = (r[m, i] + r[i, m]) / s
+    q = np.asarray(q, dtype=np.float64)
+    return q if q[0] >= 0 else -q
+
+
 def yaw_quaternion(yaw):
     """Quaternion `[w, x, y, z]` of a pure rotation by `yaw` about +z."""
     return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])

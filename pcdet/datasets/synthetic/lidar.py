@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import catalog
+from .raycast import ground_depth, primitive_frames, ray_box, ray_ellipsoid
 
 # Velodyne HDL-32E (the nuScenes LIDAR_TOP): 32 beams from -30.67 to +10.67 degrees.
 NUSCENES_BEAM_ELEVATIONS_DEG = tuple(float(v) for v in np.round(np.linspace(-30.67, 10.67, 32), 4))
@@ -112,12 +113,12 @@ def cast_scan(scene, t, sensor_pose_global, lidar_config, rng=None):
         LidarScan.
     """
     dirs, elevations, azimuths = ray_grid(lidar_config)
-    depth = _ground_depth(dirs, sensor_pose_global)  # (B, A) nearest hit so far
+    depth = ground_depth(dirs, sensor_pose_global)  # (B, A) nearest hit so far
     hit_primitive = np.full(depth.shape, -1, dtype=np.int64)  # -1 = ground
 
     primitives = scene.primitives_at(t)
     shapes = primitives.shapes
-    centres, sensor_from_local = _primitive_frames(shapes, sensor_pose_global)
+    centres, sensor_from_local = primitive_frames(shapes, sensor_pose_global)
     num_objects = scene.num_objects
     # rays meeting each object: a set of flat ray indices per object, since an object may be several primitives
     object_rays = [[] for _ in range(num_objects)]
@@ -126,7 +127,7 @@ def cast_scan(scene, t, sensor_pose_global, lidar_config, rng=None):
     for index, beams, cols in windows:
         rotation = sensor_from_local[index]
         local_dirs = dirs[beams][:, cols] @ rotation  # row vectors: d_local = R^T d
-        intersect = _ray_ellipsoid if primitives.is_ellipsoid[index] else _ray_box
+        intersect = ray_ellipsoid if primitives.is_ellipsoid[index] else ray_box
         hit_depth = intersect(-rotation.T @ centres[index], local_dirs, shapes[index, 3:6] / 2)
         hit_depth[hit_depth > lidar_config.max_range] = np.inf
         owner = primitives.object_id[index]
@@ -144,26 +145,6 @@ def cast_scan(scene, t, sensor_pose_global, lidar_config, rng=None):
                                  dtype=np.int64)
     return _assemble_scan(scene, primitives, depth, hit_primitive, rays_intersecting, dirs, sensor_pose_global,
                           lidar_config, rng)
-
-
-def _primitive_frames(shapes, sensor_pose_global):
-    """Primitive centres (K, 3) and `sensor_from_local` rotations (K, 3, 3) in the sensor frame."""
-    global_from_sensor_rot, sensor_position = sensor_pose_global[:3, :3], sensor_pose_global[:3, 3]
-    centres = (shapes[:, 0:3] - sensor_position) @ global_from_sensor_rot
-    cos_yaw, sin_yaw = np.cos(shapes[:, 6]), np.sin(shapes[:, 6])
-    zeros, ones = np.zeros_like(cos_yaw), np.ones_like(cos_yaw)
-    global_from_local = np.stack([cos_yaw, -sin_yaw, zeros, sin_yaw, cos_yaw, zeros, zeros, zeros, ones],
-                                 axis=1).reshape(-1, 3, 3)
-    return centres, global_from_sensor_rot.T[None] @ global_from_local
-
-
-def _ground_depth(dirs, sensor_pose_global):
-    """(B, A) distance along each ray to the global ground plane z = 0 (inf when the ray does not go down)."""
-    ground_normal = sensor_pose_global[2, :3]  # global +z expressed in the sensor frame = row 2 of R
-    sensor_height = sensor_pose_global[2, 3]
-    downward = dirs @ ground_normal
-    with np.errstate(divide='ignore'):
-        return np.where(downward < -1e-9, -sensor_height / downward, np.inf)
 
 
 def _ray_windows(centres, radii, elevations, azimuths, max_range):
@@ -199,30 +180,6 @@ def _ray_windows(centres, radii, elevations, azimuths, max_range):
         else:
             windows.append((index, beams, np.arange(col_lo[index], col_hi[index] + 1) % num_az))
     return windows
-
-
-def _ray_box(origin, dirs, half_extents):
-    """Slab test. origin (3,), dirs (..., 3) in the box frame -> (...) entry distance, inf when missed."""
-    with np.errstate(divide='ignore', invalid='ignore'):
-        inverse = 1.0 / dirs
-        t_low = (-half_extents - origin) * inverse
-        t_high = (half_extents - origin) * inverse
-    t_near = np.minimum(t_low, t_high).max(axis=-1)
-    t_far = np.maximum(t_low, t_high).min(axis=-1)
-    hit = (t_near <= t_far) & (t_near > 0)
-    return np.where(hit, t_near, np.inf)
-
-
-def _ray_ellipsoid(origin, dirs, half_extents):
-    """Ray / axis-aligned ellipsoid in its frame -> (...) entry distance, inf when missed."""
-    origin_scaled, dirs_scaled = origin / half_extents, dirs / half_extents
-    a = np.einsum('...d,...d->...', dirs_scaled, dirs_scaled)
-    b = 2.0 * dirs_scaled @ origin_scaled
-    c = origin_scaled @ origin_scaled - 1.0
-    discriminant = b * b - 4 * a * c
-    with np.errstate(invalid='ignore'):
-        t_near = (-b - np.sqrt(discriminant)) / (2 * a)
-    return np.where((discriminant >= 0) & (t_near > 0), t_near, np.inf)
 
 
 def _assemble_scan(scene, primitives, depth, hit_primitive, rays_intersecting, dirs, sensor_pose_global,

@@ -40,6 +40,15 @@ def parse_args(argv=None):
                                 f'(default: {"on" if defaults.with_occupancy else "off"})')
     occupancy.add_argument('--no_occupancy', dest='with_occupancy', action='store_false',
                            help='do not write occupancy ground truth')
+    parser.add_argument('--with_cameras', action='store_true',
+                        help='also render the six nuScenes cameras at every key frame (JPEG, see docs)')
+    parser.add_argument('--camera_width', type=int, default=defaults.camera_width,
+                        help='camera image width in pixels (real nuScenes: 1600)')
+    parser.add_argument('--camera_height', type=int, default=defaults.camera_height,
+                        help='camera image height in pixels (real nuScenes: 900)')
+    parser.add_argument('--no_camera_time_offsets', action='store_true',
+                        help='fire every camera at the key-frame LiDAR timestamp (default: when the spinning '
+                             'LiDAR passes the camera, 0-50 ms earlier, as on nuScenes)')
     parser.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1),
                         help='parallel processes (does not change the output)')
     parser.add_argument('--overwrite', action='store_true',
@@ -54,7 +63,9 @@ def main(argv=None):
         root=args.root, version=args.version, num_scenes=args.num_scenes, samples_per_scene=args.samples_per_scene,
         sweeps_before_first=args.sweeps_before_first, azimuth_steps=args.azimuth_steps,
         num_objects=args.num_objects, seed=args.seed, val_fraction=args.val_fraction,
-        lidar_tilt=not args.no_lidar_tilt, with_occupancy=args.with_occupancy)
+        lidar_tilt=not args.no_lidar_tilt, with_occupancy=args.with_occupancy, with_cameras=args.with_cameras,
+        camera_width=args.camera_width, camera_height=args.camera_height,
+        camera_time_offsets=not args.no_camera_time_offsets)
     try:  # bad arguments and a foreign dataset in --root are user errors: a message, no traceback
         config.validate()
         select_scene_names(config.version, config.num_scenes, config.val_fraction)
@@ -76,6 +87,9 @@ def main(argv=None):
         if summary['mean_occupied_voxels'] is not None:
             print(f'occupancy: {summary["mean_occupied_voxels"]:.0f} occupied voxels per key frame, '
                   f'{summary["occupancy_seconds_per_key_frame"]:.3f} s per key frame')
+        if summary['camera_seconds_per_key_frame'] is not None:
+            print(f'cameras: 6 x {config.camera_width}x{config.camera_height} images per key frame, '
+                  f'{summary["camera_seconds_per_key_frame"]:.3f} s per key frame')
         for split, classes in summary['classes_without_points'].items():
             if classes:
                 print(f'warning: no {split} annotation of {classes} has LiDAR points; try more scenes or objects '

@@ -43,6 +43,13 @@ def ego_from_sensor(calibration):
     return pose_matrix(rotation, calibration['translation'])
 
 
+def ego_pose_record(token, timestamp_us, ego_pose):
+    """ego_pose record of a (4, 4) `global_from_ego` (flat ground: yaw-only rotation)."""
+    ego_yaw = np.arctan2(ego_pose[1, 0], ego_pose[0, 0])
+    return {'token': token, 'timestamp': timestamp_us, 'rotation': _floats(yaw_quaternion(ego_yaw)),
+            'translation': _floats(ego_pose[:3, 3])}
+
+
 class SceneRecordBuilder:
     """Accumulates the records of one scene frame by frame (call `add_frame` in time order)."""
 
@@ -74,10 +81,7 @@ class SceneRecordBuilder:
             'calibrated_sensor_token': self.calibration['token'], 'timestamp': frame.timestamp_us,
             'fileformat': 'pcd', 'is_key_frame': frame.is_key_frame, 'height': 0, 'width': 0,
             'filename': frame.filename, 'prev': sample_data[-1]['token'] if sample_data else '', 'next': ''})
-        ego_yaw = np.arctan2(ego_pose[1, 0], ego_pose[0, 0])
-        self.tables['ego_pose'].append({'token': frame.token, 'timestamp': frame.timestamp_us,
-                                        'rotation': _floats(yaw_quaternion(ego_yaw)),
-                                        'translation': _floats(ego_pose[:3, 3])})
+        self.tables['ego_pose'].append(ego_pose_record(frame.token, frame.timestamp_us, ego_pose))
         if not frame.is_key_frame:
             return
         samples = self.tables['sample']
@@ -134,10 +138,11 @@ class SceneRecordBuilder:
                 **self.tables}
 
 
-def static_tables():
-    """Tables shared by all scenes: category (with lidarseg indices), attribute, visibility, sensor."""
+def static_tables(camera_sensors=()):
+    """Tables shared by all scenes: category (with lidarseg indices), attribute, visibility, sensor (LIDAR_TOP,
+    then `camera_sensors`: the sensor table lists the sensors the dataset has data of)."""
     return {'category': schema.category_table(), 'attribute': schema.attribute_table(),
-            'visibility': schema.visibility_table(), 'sensor': schema.sensor_table()}
+            'visibility': schema.visibility_table(), 'sensor': schema.sensor_table() + list(camera_sensors)}
 
 
 def write_tables(table_dir, tables, splits):

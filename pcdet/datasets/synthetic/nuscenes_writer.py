@@ -7,6 +7,8 @@ Layout under the dataroot `root` (what `NuScenes(version, dataroot=root)` reads)
     sweeps/LIDAR_TOP/<log>__LIDAR_TOP__<timestamp_us>.pcd.bin    the 9 sweeps between key frames (20 Hz)
     lidarseg/<version>/<sd_token>_lidarseg.bin, lidarseg_sweeps/<version>/...   uint8 label per point
     maps/<token>.png                                               placeholder map masks
+    samples/CAM_*/<log>__<CHANNEL>__<timestamp_us>.jpg             six cameras per key frame (`with_cameras`,
+                                                                   `nuscenes_cameras.py`)
     nuScenes-Occupancy/scene_<scene_token>/occupancy/<sd_token>.npy, nuscenes_occ_infos_{train,val}.pkl
                                                                    OpenOccupancy GT (`with_occupancy`)
 Points are in the LIDAR_TOP sensor frame. Timing: key frames every 0.5 s, sweeps every 0.05 s; scene time t = 0
@@ -20,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ...utils.file_utils import atomic_save_bytes
-from . import dataset_manifest, nuscenes_records
+from . import dataset_manifest, nuscenes_cameras, nuscenes_records
 from . import nuscenes_occupancy as occupancy
 from . import nuscenes_schema as schema
 from .catalog import DETECTION_KINDS
@@ -35,6 +37,7 @@ SWEEP_PERIOD_US = 50_000           # 20 Hz LiDAR
 SWEEPS_PER_KEY_FRAME = 10          # 2 Hz key frames -> 9 sweeps between two key frames
 FIRST_SCENE_TIMESTAMP_US = 1_533_151_603_547_590  # 2018-08-01, like the real dataset
 SCENE_SPACING_US = 3_600_000_000   # one scene (and log) per hour
+CAMERA_ARGUMENTS = ('with_cameras', 'camera_width', 'camera_height', 'camera_time_offsets')
 TABLE_NAMES = ('category', 'attribute', 'visibility', 'instance', 'sensor', 'calibrated_sensor', 'ego_pose', 'log',
                'scene', 'sample', 'sample_data', 'sample_annotation', 'map', 'lidarseg')
 
@@ -47,7 +50,10 @@ class SyntheticNuScenesConfig:
     are caught, but boxes converted to the LiDAR frame with a yaw-only rotation (as OpenPCDet does) then differ
     from the global annotations by ~1e-4 rad, as on real nuScenes. False keeps only the yaw (exact round trips).
     `with_occupancy` also writes nuScenes-Occupancy (OpenOccupancy) ground truth and occ infos
-    (`nuscenes_occupancy.py`).
+    (`nuscenes_occupancy.py`). `with_cameras` also renders the six nuScenes cameras at every key frame as
+    `camera_width` x `camera_height` JPEGs (`nuscenes_cameras.py`); `camera_time_offsets=False` fires every camera
+    at the key-frame LiDAR timestamp (exact LiDAR-to-image projection) instead of when the LiDAR sweeps past it.
+    Without cameras the camera fields are left out of `arguments()`, so such datasets keep their manifest.
     """
     root: str
     version: str = 'v1.0-mini'
@@ -60,6 +66,10 @@ class SyntheticNuScenesConfig:
     val_fraction: float = 0.2
     lidar_tilt: bool = True
     with_occupancy: bool = True
+    with_cameras: bool = False
+    camera_width: int = 400
+    camera_height: int = 225
+    camera_time_offsets: bool = True
 
     def validate(self):
         schema.check_version(self.version)
@@ -70,12 +80,18 @@ class SyntheticNuScenesConfig:
             raise ValueError('samples_per_scene must be >= 2 (velocities need two key frames)')
         if self.sweeps_before_first < 0 or self.seed < 0:
             raise ValueError('sweeps_before_first and seed must be >= 0')
+        for name in ('camera_width', 'camera_height'):
+            if not 8 <= getattr(self, name) <= 4096:
+                raise ValueError(f'{name} must be between 8 and 4096 pixels, got {getattr(self, name)}')
         self.lidar_config()  # raises on a bad LiDAR setting before anything is written
 
     def arguments(self):
         """JSON-able identity of the output (used by the rerun policy)."""
         arguments = asdict(self)
         arguments.pop('root')
+        if not self.with_cameras:  # the output does not depend on them: keep camera-less manifests unchanged
+            for name in CAMERA_ARGUMENTS:
+                arguments.pop(name)
         return arguments
 
     def lidar_config(self):
@@ -162,6 +178,8 @@ def planned_files(config, plans):
     for plan in plans:
         files += [path for frame in plan.frames
                   for path in (frame.filename, frame.label_filename, frame.occupancy_filename) if path]
+        if config.with_cameras:
+            files += [frame.filename for frame in nuscenes_cameras.camera_frame_plans(config, plan)]
     if config.with_occupancy:
         files += list(occupancy.OCC_INFO_FILES.values())
     return files
@@ -173,7 +191,8 @@ def write_scene(plan, config):
     Returns:
         (records, stats): records is {table name: [records]} for this scene; stats has 'points_per_scan',
         'kinds_with_points' (object kinds with at least one key-frame LiDAR point), 'occupied_voxels' (per key
-        frame with occupancy) and 'occupancy_seconds' (time spent on occupancy).
+        frame with occupancy), 'occupancy_seconds' (time spent on occupancy) and 'camera_seconds' (time spent
+        rendering and writing camera images).
     """
     scene = simulate_scene(config.scene_config(), np.random.default_rng([config.seed, plan.index, 0]))
     calibration = nuscenes_records.calibrated_sensor_record(plan, np.random.default_rng([config.seed, plan.index, 1]),
@@ -206,10 +225,16 @@ def write_scene(plan, config):
             occupancy.write_occupancy(root / frame.occupancy_filename, rows)
             occupancy_seconds += time.perf_counter() - start
             occupied_voxels.append(len(rows))
+    records, camera_seconds = builder.records(), 0.0
+    if config.with_cameras:
+        camera_records, camera_seconds = nuscenes_cameras.write_cameras(config, plan, scene, root)
+        for name, table in camera_records.items():
+            records[name] = records[name] + table
     kinds_with_points = sorted({scene.objects.kinds[m] for m, annotations in enumerate(builder.annotations_of_object)
                                 if any(ann['num_lidar_pts'] > 0 for ann in annotations)})
-    return builder.records(), {'points_per_scan': points_per_scan, 'kinds_with_points': kinds_with_points,
-                               'occupied_voxels': occupied_voxels, 'occupancy_seconds': occupancy_seconds}
+    return records, {'points_per_scan': points_per_scan, 'kinds_with_points': kinds_with_points,
+                     'occupied_voxels': occupied_voxels, 'occupancy_seconds': occupancy_seconds,
+                     'camera_seconds': camera_seconds}
 
 
 def _write_scene_job(job):
@@ -228,7 +253,8 @@ def generate_nuscenes(config, overwrite=False, workers=1, progress=True):
         dict with 'skipped', 'dataroot', 'num_scenes', 'num_key_frames', 'num_sweeps', 'mean_points_per_scan',
         'seconds', 'train_scenes', 'val_scenes', 'classes_without_points' ({'train': [...], 'val': [...]}:
         detection classes no annotation of that split has LiDAR points for; normally empty), and with occupancy
-        'mean_occupied_voxels' and 'occupancy_seconds_per_key_frame' (None without).
+        'mean_occupied_voxels' and 'occupancy_seconds_per_key_frame' (None without), with cameras
+        'camera_seconds_per_key_frame' (six images rendered, encoded and written; None without).
     Raises:
         FileExistsError: `root` holds tables we did not write, or stray label files in `lidarseg/<version>/`.
     """
@@ -247,12 +273,13 @@ def generate_nuscenes(config, overwrite=False, workers=1, progress=True):
     if not dataset_manifest.prepare_output(root, manifest_path, config.arguments(), overwrite, '*.json',
                                            generator=GENERATOR):
         return {**summary, 'skipped': True, 'mean_points_per_scan': None, 'classes_without_points': None,
-                'mean_occupied_voxels': None, 'occupancy_seconds_per_key_frame': None, 'seconds': time.time() - start}
+                'mean_occupied_voxels': None, 'occupancy_seconds_per_key_frame': None,
+                'camera_seconds_per_key_frame': None, 'seconds': time.time() - start}
     _check_no_stray_labels(root, config.version, files)
     dataset_manifest.write_manifest(manifest_path, GENERATOR, config.arguments(), files, status='writing')
 
     results = _run_scenes([(plan, config) for plan in plans], workers, progress, config.version)
-    tables = nuscenes_records.static_tables()
+    tables = nuscenes_records.static_tables(nuscenes_cameras.camera_sensor_table() if config.with_cameras else ())
     for records, _ in results:
         for name, scene_records in records.items():
             tables.setdefault(name, []).extend(scene_records)
@@ -267,7 +294,9 @@ def generate_nuscenes(config, overwrite=False, workers=1, progress=True):
             'classes_without_points': _classes_without_points(plans, results), 'seconds': time.time() - start,
             'mean_occupied_voxels': float(np.mean(voxels)) if voxels else None,
             'occupancy_seconds_per_key_frame': (sum(stats['occupancy_seconds'] for _, stats in results) / len(voxels)
-                                                if voxels else None)}
+                                                if voxels else None),
+            'camera_seconds_per_key_frame': (sum(stats['camera_seconds'] for _, stats in results)
+                                             / summary['num_key_frames'] if config.with_cameras else None)}
 
 
 def _check_no_stray_labels(root, version, files):
