@@ -4,6 +4,7 @@ Every detector takes `(model_cfg, num_class, dataset)` where `dataset` is a data
 `detector3d_template.ModelGeometry` (see `pcdet.models.build.build_network`).
 """
 from .centerpoint import CenterPoint
+from .contrastive import ContrastivePretrain
 from .detector3d_template import Detector3DTemplate, ModelGeometry  # noqa: F401 (ModelGeometry: public)
 from .gpicture import GPICTURE
 from .task_models import OccupancyNet, Segmentor3D
@@ -13,6 +14,7 @@ __all__ = {
     'Detector3DTemplate': Detector3DTemplate,
     'CenterPoint': CenterPoint,
     'GPICTURE': GPICTURE,
+    'ContrastivePretrain': ContrastivePretrain,
     'Segmentor3D': Segmentor3D,
     'OccupancyNet': OccupancyNet,
     'TransFusion': TransFusion,

@@ -1,5 +1,7 @@
 """GPICTURE pre-training pure functions (spec §2.3, §2.4, §2.7–§2.9): I²Mask, chamfer loss, per-voxel point groups
 and teacher-feature means, linear CKA and the DGPL gate. Pure PyTorch; every function follows its inputs' device.
+The contrastive pretraining functions (InfoNCE, NT-Xent, superpixel pooling, the second view) live in
+`pretraining.contrastive` and are imported from there (docs/CONTRASTIVE.md).
 """
 from .chamfer import masked_chamfer_distance
 from .cka import layerwise_cka, linear_cka, linear_cka_gram
