@@ -13,10 +13,12 @@ thread each, `--jobs` at a time. A (row, seed) pretraining is shared by every ta
 interruption. The data set (synthetic nuScenes-format, infos; occupancy ground truth for the occupancy task) must
 exist; teacher features are prepared per teacher variant when missing (resumable).
 
-Rows (ROWS below): the pretraining config `gpicture_tiny_synthetic_pretrain.yaml` with overrides (written to
-`<output_root>/configs/<row>.yaml`), or no pretraining (scratch); every fine-tune of a task is its config in TASKS with
-the same schedule. A seed changes the pretraining and the fine-tune (`train.py --seed`): weights, data order and
-augmentation. With several tasks, `--out_md` / `--out_png` get the task name inserted before the suffix.
+Rows (ROWS below): a pretraining config (`gpicture_tiny_synthetic_pretrain.yaml` unless the row names another, e.g.
+the contrastive pretext's) with overrides (written to `<output_root>/configs/<row>.yaml`), or no pretraining
+(scratch); every fine-tune of a task is its config in TASKS with the same schedule. A seed changes the pretraining and
+the fine-tune (`train.py --seed`): weights, data order and augmentation. With several tasks, `--out_md` / `--out_png`
+get the task name inserted before the suffix. The camera rows (CAMERA_ROWS) need camera images and `--with_cam`
+infos in the data set.
 """
 import argparse
 import json
@@ -26,35 +28,53 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CFG_DIR = REPO_ROOT / 'tools' / 'cfgs' / 'gpicture_models'
 PRETRAIN_CFG = CFG_DIR / 'gpicture_tiny_synthetic_pretrain.yaml'
 FINETUNE_CFG = CFG_DIR / 'gpicture_tiny_synthetic_finetune.yaml'
+CONTRASTIVE_CFG = REPO_ROOT / 'tools' / 'cfgs' / 'contrastive_models' / 'contrastive_tiny_synthetic_pretrain.yaml'
 TEACHER = 'DATA_CONFIG.TEACHER_FEATURES.'
 HEAD = 'MODEL.DENSE_HEAD.'
 
-# name -> (description, pretraining config overrides {dotted key: value}; None = no pretraining). A dict value
-# replaces the whole block (a teacher of another NAME has other keys). Teacher variants write their features to their
-# own FEATURE_DIR (the feature store refuses to mix teachers).
+
+
+class Row(NamedTuple):
+    """A study row: what it is, its overrides of `base_cfg` ({dotted key: value}; None = no pretraining, scratch), and
+    the pretraining config it starts from. A dict value replaces the whole block (a teacher of another NAME has other
+    keys). Teacher variants write their features to their own FEATURE_DIR (the feature store refuses to mix
+    teachers)."""
+    what: str
+    overrides: Optional[dict]
+    base_cfg: Path = PRETRAIN_CFG
+
+
 ROWS = {
-    'scratch': ('no pretraining', None),
-    'full': ('GPICTURE: I²Mask + CKA α + DGPL, synthetic_semantic teacher', {}),
-    'points_only': ('points-only MAE (β fixed at 0: no teacher loss)', {HEAD + 'DGPL.FIXED_BETA': 0.0}),
-    'teacher_only': ('teacher-only (α = 0 for each of the 4 encoder layers: no point loss)',
-                     {HEAD + 'CKA_ALPHA': [0.0, 0.0, 0.0, 0.0]}),
-    'random_mask': ("random mask at I²Mask's measured mean ratio (0.15) instead of I²Mask",
-                    {'MODEL.BACKBONE_3D.MASK_CONFIG.TYPE': 'random',
-                     'MODEL.BACKBONE_3D.MASK_CONFIG.RANDOM_MASK_RATIO': 0.15}),
-    'fixed_beta': ('β fixed at 1 instead of DGPL', {HEAD + 'DGPL.FIXED_BETA': 1.0}),
-    'label_free': ('label-free teacher (`geometric`: local-geometry descriptors)',
-                   {TEACHER[:-1]: {'NAME': 'geometric', 'NUM_FEATURES': 64, 'SEED': 0,
-                                   'FEATURE_DIR': 'teacher_features/geometric'}}),
-    'noisy_20': ('noisy oracle: 20% of the points get a wrong class code',
-                 {TEACHER + 'LABEL_NOISE': 0.2, TEACHER + 'FEATURE_DIR': 'teacher_features/noisy_20'}),
-    'noisy_50': ('noisy oracle: 50% of the points get a wrong class code',
-                 {TEACHER + 'LABEL_NOISE': 0.5, TEACHER + 'FEATURE_DIR': 'teacher_features/noisy_50'}),
+    'scratch': Row('no pretraining', None),
+    'full': Row('GPICTURE: I²Mask + CKA α + DGPL, synthetic_semantic teacher', {}),
+    'points_only': Row('points-only MAE (β fixed at 0: no teacher loss)', {HEAD + 'DGPL.FIXED_BETA': 0.0}),
+    'teacher_only': Row('teacher-only (α = 0 for each of the 4 encoder layers: no point loss)',
+                        {HEAD + 'CKA_ALPHA': [0.0, 0.0, 0.0, 0.0]}),
+    'random_mask': Row("random mask at I²Mask's measured mean ratio (0.15) instead of I²Mask",
+                       {'MODEL.BACKBONE_3D.MASK_CONFIG.TYPE': 'random',
+                        'MODEL.BACKBONE_3D.MASK_CONFIG.RANDOM_MASK_RATIO': 0.15}),
+    'fixed_beta': Row('β fixed at 1 instead of DGPL', {HEAD + 'DGPL.FIXED_BETA': 1.0}),
+    'label_free': Row('label-free teacher (`geometric`: local-geometry descriptors)',
+                      {TEACHER[:-1]: {'NAME': 'geometric', 'NUM_FEATURES': 64, 'SEED': 0,
+                                      'FEATURE_DIR': 'teacher_features/geometric'}}),
+    'noisy_20': Row('noisy oracle: 20% of the points get a wrong class code',
+                    {TEACHER + 'LABEL_NOISE': 0.2, TEACHER + 'FEATURE_DIR': 'teacher_features/noisy_20'}),
+    'noisy_50': Row('noisy oracle: 50% of the points get a wrong class code',
+                    {TEACHER + 'LABEL_NOISE': 0.5, TEACHER + 'FEATURE_DIR': 'teacher_features/noisy_50'}),
+    # Camera rows: the data set needs camera images and `--with_cam` infos (tools/scripts/ablate_gpicture.sh).
+    'image_teacher': Row('GPICTURE with the image-projection teacher (seeded random-init CNN on the camera images)', {},
+                         CFG_DIR / 'gpicture_tiny_synthetic_pretrain_image.yaml'),
+    'contrastive': Row('contrastive pretraining: point-to-pixel + superpoint-to-superpixel InfoNCE on the image '
+                       "teacher's features + CrossPoint NT-Xent", {}, CONTRASTIVE_CFG),
 }
+
+CAMERA_ROWS = ('image_teacher', 'contrastive')
 
 
 def detection_metrics(eval_dir):
@@ -133,14 +153,14 @@ def config_path(row, output_root):
 
 
 def variant_config(row, output_root):
-    """Write the pretraining config of `row` (PRETRAIN_CFG resolved, the row's overrides applied) to
+    """Write the pretraining config of `row` (its base config resolved, the row's overrides applied) to
     `<output_root>/configs/<row>.yaml` and return its path. `--set` cannot do this: it only changes existing keys."""
     import yaml
 
     from pcdet.config import cfg_from_yaml_file
     from pcdet.utils.file_utils import atomic_save_text
-    cfg = strip_base_keys(cfg_from_yaml_file(PRETRAIN_CFG))
-    for dotted, value in ROWS[row][1].items():
+    cfg = strip_base_keys(cfg_from_yaml_file(ROWS[row].base_cfg))
+    for dotted, value in ROWS[row].overrides.items():
         *parents, leaf = dotted.split('.')
         block = cfg
         for key in parents:
@@ -148,14 +168,14 @@ def variant_config(row, output_root):
         block[leaf] = value
     path = config_path(row, output_root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_text(f'# {ROWS[row][0]} (tools/ablate_gpicture.py: {PRETRAIN_CFG.name} + overrides)\n'
+    atomic_save_text(f'# {ROWS[row].what} (tools/ablate_gpicture.py: {ROWS[row].base_cfg.name} + overrides)\n'
                     + yaml.safe_dump(cfg, sort_keys=False), path)
     return path
 
 
 def pretrain(row, seed, opts, env):
     """The (row, seed) pretraining shared by every task -> its last checkpoint (None for scratch); resumable."""
-    if ROWS[row][1] is None:
+    if ROWS[row].overrides is None:
         return None
     run_dir = Path(opts.output_root) / 'pretrain' / row / f'seed{seed}'
     done = list((run_dir / 'output').rglob(f'pretrain/ckpt/checkpoint_epoch_{opts.pretrain_epochs}.pth'))
@@ -211,12 +231,14 @@ def run_one(row, seed, opts, tasks=None):
 
 
 def prepare_teachers(opts):
-    """Teacher features of every teacher variant the chosen rows need (prepare_seal_features is resumable)."""
-    needed = {}  # one row per distinct teacher block
+    """Teacher features of every distinct teacher block the chosen rows' configs have (prepare_seal_features is
+    resumable; rows with the same block share one feature folder)."""
+    from pcdet.config import cfg_from_yaml_file
+    needed = {}  # resolved TEACHER_FEATURES block -> first row using it
     for row in opts.rows:
-        if ROWS[row][1] is not None:
-            teacher_keys = tuple(sorted((k, repr(v)) for k, v in ROWS[row][1].items() if k.startswith(TEACHER[:-1])))
-            needed.setdefault(teacher_keys, row)
+        if ROWS[row].overrides is not None:
+            block = cfg_from_yaml_file(config_path(row, opts.output_root)).DATA_CONFIG.get('TEACHER_FEATURES')
+            needed.setdefault(json.dumps(block, sort_keys=True, default=str), row)
     for row in needed.values():
         run([REPO_ROOT / 'tools' / 'prepare_seal_features.py', '--cfg_file', config_path(row, opts.output_root),
              '--split', 'train', '--quiet', '--set', *data_set(opts)], Path(opts.output_root) / f'teacher_{row}.log',
@@ -240,7 +262,7 @@ def markdown(table, opts, task='detection'):
     lines = [f'| row | what | seeds | {" | ".join(metrics)} |', '|---|---|---|' + '---|' * len(metrics)]
     for row, stats in table.items():
         cells = ' | '.join(f'{stats[name][0]:.3f} ± {stats[name][1]:.3f}' for name in metrics)
-        lines.append(f'| {row} | {ROWS[row][0]} | {stats[metrics[0]][2]} | {cells} |')
+        lines.append(f'| {row} | {ROWS[row].what} | {stats[metrics[0]][2]} | {cells} |')
     lines.append('')
     lines.append(f'{task.capitalize()}: pretraining {opts.pretrain_epochs} epochs, fine-tune {opts.finetune_epochs} '
                  f'epochs on every 10th train frame, {TASKS[task][3]} on {opts.version} '
@@ -279,7 +301,7 @@ def main(argv=None):
     opts = parse_args(argv)
     Path(opts.output_root).mkdir(parents=True, exist_ok=True)
     for row in opts.rows:  # once, before any job: concurrent jobs of one row must not rewrite the file under a reader
-        if ROWS[row][1] is not None:
+        if ROWS[row].overrides is not None:
             variant_config(row, opts.output_root)
     prepare_teachers(opts)
     jobs = [(row, seed) for seed in opts.seeds for row in opts.rows]

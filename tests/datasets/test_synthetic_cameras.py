@@ -274,13 +274,16 @@ def test_infos_without_cam_have_no_cams_and_bad_cams_are_reported(offset_dataset
 def test_generation_is_deterministic_and_leaves_the_lidar_data_unchanged(tmp_path):
     def tree(root):
         return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(Path(root).rglob('*')) if p.is_file()}
-    args = {**TINY, 'azimuth_steps': 64, 'camera_width': 64, 'camera_height': 36, 'seed': 5}
+    # with occupancy too: its infos must pick the LIDAR_TOP key frame of a sample that also has camera key frames
+    args = {**TINY, 'azimuth_steps': 64, 'camera_width': 64, 'camera_height': 36, 'seed': 5, 'with_occupancy': True}
     first = SyntheticNuScenesConfig(root=str(tmp_path / 'a'), **args)
     generate_nuscenes(first, progress=False)
     generate_nuscenes(SyntheticNuScenesConfig(root=str(tmp_path / 'b'), **args), progress=False, workers=2)
     reference = tree(tmp_path / 'a')
     assert reference == tree(tmp_path / 'b')
     assert sum(name.endswith('.jpg') for name in reference) == 6 * 2 * 2
+    occ_infos = pickle.loads(reference['nuscenes_occ_infos_train.pkl'])['infos']
+    assert occ_infos and all(info['lidar_path'].endswith('.pcd.bin') for info in occ_infos)
     no_cameras = SyntheticNuScenesConfig(root=str(tmp_path / 'c'), **{**args, 'with_cameras': False})
     assert not set(no_cameras.arguments()) & {'with_cameras', 'camera_width', 'camera_height', 'camera_time_offsets'}
     generate_nuscenes(no_cameras, progress=False)

@@ -34,13 +34,13 @@ def test_every_row_config_validates_and_differs_only_by_its_overrides(ablate, ro
     assert path.read_text().startswith('#') and '_BASE_CONFIG_' not in path.read_text()
     written = cfg_from_yaml_file(path)
     validate_config(written, source=str(path))  # unknown keys (e.g. a teacher key of another NAME) would fail here
-    base = _flatten(ablate.strip_base_keys(cfg_from_yaml_file(ablate.PRETRAIN_CFG)))
+    base = _flatten(ablate.strip_base_keys(cfg_from_yaml_file(ablate.ROWS[row].base_cfg)))
     variant = _flatten(ablate.strip_base_keys(written))
     changed = {key for key in base.keys() | variant.keys() if base.get(key) != variant.get(key)}
-    override_keys = set(ablate.ROWS[row][1])
+    override_keys = set(ablate.ROWS[row].overrides)
     # every changed key lies under an override, and every override took effect
     assert all(any(key == o or key.startswith(o + '.') for o in override_keys) for key in changed), changed
-    for dotted, value in ablate.ROWS[row][1].items():
+    for dotted, value in ablate.ROWS[row].overrides.items():
         block = written
         for key in dotted.split('.'):
             block = block[key]

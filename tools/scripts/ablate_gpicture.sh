@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPICTURE ablation in miniature (docs/GPICTURE.md "Ablation"): synthetic nuScenes-format trainval set (the CI
 # transfer test's 30 scenes x 4 key frames) -> infos -> tools/ablate_gpicture.py over every row and 3 seeds ->
-# docs/gpicture_ablation.md (mean ± std table) and docs/images/gpicture_ablation.png.
+# docs/gpicture_ablation.md (mean ± std table) and docs/images/gpicture_ablation.png. The set has the six cameras
+# (400x225 JPEGs, `--with_cam` infos) for the image-teacher and contrastive rows; the LiDAR files are the same bytes
+# as without cameras, so the LiDAR-only rows see the same data either way.
 #
 # Long: about 8 CPU-minutes per (row, seed) with a pretraining, 9 rows x 3 seeds; two runs at a time on 2 cores
 # take ~2 hours. Resumable: finished (row, seed) runs are kept under output/ablation and skipped on a rerun.
@@ -16,10 +18,10 @@ VERSION=v1.0-trainval
 DATA_PATH=data/synthetic_nuscenes_ablation
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 
-if [ ! -f "$DATA_PATH/$VERSION/nuscenes_infos_10sweeps_train.pkl" ]; then
+if [ ! -f "$DATA_PATH/$VERSION/nuscenes_infos_10sweeps_train.pkl" ] || [ ! -d "$DATA_PATH/$VERSION/samples/CAM_FRONT" ]; then
   python -m pcdet.datasets.synthetic.nuscenes --root "$DATA_PATH/$VERSION" --version "$VERSION" --num_scenes 30 \
-    --samples_per_scene 4 --azimuth_steps 512 --seed 0 --val_fraction 0.3
-  python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos \
+    --samples_per_scene 4 --azimuth_steps 512 --seed 0 --val_fraction 0.3 --with_cameras --overwrite
+  python -m pcdet.datasets.nuscenes.nuscenes_dataset --func create_nuscenes_infos --with_cam \
     --cfg_file tools/cfgs/dataset_configs/nuscenes_synthetic.yaml --version "$VERSION" --data_path "$DATA_PATH"
 fi
 ROWS=()

@@ -82,7 +82,9 @@ def build_occ_infos(tables, plans):
     samples_of_scene = {}
     for sample in tables['sample']:  # each scene's samples are in time order
         samples_of_scene.setdefault(sample['scene_token'], []).append(sample)
-    key_frame_of_sample = {record['sample_token']: record for record in tables['sample_data'] if record['is_key_frame']}
+    # LIDAR_TOP key frames only: with cameras a sample also has six camera key frames
+    key_frame_of_sample = {record['sample_token']: record for record in tables['sample_data']
+                           if record['is_key_frame'] and record['fileformat'] == 'pcd'}
     infos = {'train': [], 'val': []}
     for plan in plans:
         scene_token = plan.token('scene')
