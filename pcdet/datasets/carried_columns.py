@@ -11,6 +11,8 @@ on the row of its point by construction. After the data processor `split_columns
 
     points (N', num_point_features) and one key per column, row-aligned with `points`:
         point_teacher_features (N', F) float32   teacher features (TEACHER_FEATURES, teachers/feature_store.py)
+        point_superpixel_ids   (N',)   int64     superpixel id of the point (-1 none; unique within a frame), when the
+                                                 teacher stores `superpixel_ids` (image_projection with SUPERPIXELS)
         point_seg_labels       (N',)   int64     challenge class ids 0..16 (segmentation mode, 0 = ignore)
         point_raw_index        (N',)   int64     row of the point in the key-frame file, -1 for sweep points
 
@@ -25,6 +27,7 @@ import numpy as np
 TEACHER_FEATURES_KEY = 'point_teacher_features'
 POINT_SEG_LABELS_KEY = 'point_seg_labels'
 POINT_RAW_INDEX_KEY = 'point_raw_index'
+POINT_SUPERPIXEL_IDS_KEY = 'point_superpixel_ids'
 FLOAT32_EXACT_INTEGER = 2 ** 24  # every integer of smaller magnitude is exact in float32
 
 
@@ -41,8 +44,17 @@ class CarriedColumn(NamedTuple):
 SEG_COLUMNS = (CarriedColumn(POINT_SEG_LABELS_KEY, None, np.int64), CarriedColumn(POINT_RAW_INDEX_KEY, None, np.int64))
 
 
+# extra per-point arrays of a teacher's feature files (teachers/feature_store.py) -> the column the dataset carries
+EXTRA_ARRAY_COLUMNS = {'superpixel_ids': CarriedColumn(POINT_SUPERPIXEL_IDS_KEY, None, np.int64)}
+
+
 def teacher_column(num_features):
     return CarriedColumn(TEACHER_FEATURES_KEY, int(num_features), np.float32)
+
+
+def teacher_columns(num_features, extra_arrays=()):
+    """[teacher feature column] + one column per extra array name of the teacher (EXTRA_ARRAY_COLUMNS)."""
+    return [teacher_column(num_features)] + [EXTRA_ARRAY_COLUMNS[name] for name in extra_arrays]
 
 
 def total_columns(columns):

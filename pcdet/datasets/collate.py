@@ -10,7 +10,7 @@ Rules by key (a key missing from the table is stacked with `np.stack`, so `frame
     images, depth_maps (H_i, W_i, ...)                   -> zero-padded to the largest H, W and stacked
     calib                                                -> kept as a list
     camera_imgs (torch tensors)                          -> torch.stack
-    point_teacher_features (N_i, F), point_seg_labels (N_i,), point_raw_index (N_i,)  (carried_columns.py)
+    point_teacher_features (N_i, F), point_superpixel_ids, point_seg_labels, point_raw_index (N_i,)  (carried_columns)
                                                          -> (sum N_i, ...) concatenated in batch order, so row r
         stays aligned with row r of the collated `points`
     gt_occupancy (X, Y, Z) uint8                         -> np.stack: (B, X, Y, Z)
@@ -72,6 +72,7 @@ COLLATE_RULES = {
     'camera_imgs': torch.stack,
     # carried per-point columns: rows follow the rows of `points`, which are concatenated in batch order
     'point_teacher_features': concatenate,
+    'point_superpixel_ids': concatenate,
     'point_seg_labels': concatenate,
     'point_raw_index': concatenate,
     'gt_occupancy': lambda values: np.stack(values, axis=0),

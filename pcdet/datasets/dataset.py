@@ -32,7 +32,8 @@ in the order of `self.carried_columns`. Augmentation (columns 0:3 only), the poi
 construction. After the data processor they are split off: `points` (N', num_point_features) as usual plus one key
 per column, row-aligned (collated by concatenation in batch order, like the rows of `points`). Teacher features
 (`DATA_CONFIG.TEACHER_FEATURES`, present and `ENABLED` not False; spec §1.4 D-SEAL-2) come out as
-`point_teacher_features` (N', F) float32. Not combinable with carried columns (ConfigError at build time): active
+`point_teacher_features` (N', F) float32, and `point_superpixel_ids` (N',) int64 when the teacher stores superpixel
+ids (image_projection with SUPERPIXELS.ENABLED). Not combinable with carried columns (ConfigError at build time): active
 gt_sampling (pasted object points have no features / labels) and hard voxelization `transform_points_to_voxels`
 (only the placeholder / dynamic-voxelization path keeps per-point rows).
 """
@@ -47,12 +48,13 @@ from ..utils.point_io import NONFINITE_POINTS_SCHEMA
 from .augmentor import DataAugmentor
 from .augmentor.data_augmentor import DATA_AUGMENTOR_SCHEMA, augmentor_entries
 from .augmentor.data_augmentor import ENTRY_SCHEMA as AUGMENTOR_ENTRY_SCHEMA
-from .carried_columns import SEG_COLUMNS, TEACHER_FEATURES_KEY, split_columns, teacher_column, total_columns  # noqa: F401
+from .carried_columns import SEG_COLUMNS, TEACHER_FEATURES_KEY, split_columns, teacher_columns, total_columns  # noqa: F401
 from .collate import collate_batch
 from .processor import DataProcessor, PointFeatureEncoder
 from .processor.data_processor import ENTRY_SCHEMA as PROCESSOR_ENTRY_SCHEMA
 from .processor.data_processor import PROCESSOR_SCHEMAS
 from .sample_rng import load_samples
+from .teachers import extra_arrays_of
 from .teachers.feature_store import TEACHER_FEATURES_ENTRY, teacher_features_cfg
 
 SECTION = 'DATA_CONFIG'
@@ -172,7 +174,9 @@ class DatasetTemplate(torch_data.Dataset):
         if self.task not in TASKS or self.task not in self.SUPPORTED_TASKS:
             raise ConfigError(f'{SECTION}.TASK: {self.task!r} is not supported by {type(self).__name__}; supported: '
                               f'{list(self.SUPPORTED_TASKS)}')
-        self.carried_columns = ([teacher_column(self.num_teacher_features)] if self.teacher_cfg else []) + \
+        self.teacher_extra_arrays = extra_arrays_of(self.teacher_cfg) if self.teacher_cfg else ()
+        self.carried_columns = (teacher_columns(self.num_teacher_features, self.teacher_extra_arrays)
+                                if self.teacher_cfg else []) + \
             (list(SEG_COLUMNS) if self.task == 'segmentation' else [])
         self.num_carried_columns = total_columns(self.carried_columns)
         if dataset_cfg is None or class_names is None:

@@ -11,7 +11,8 @@ import torch
 SKIP_KEYS = ('frame_id', 'metadata', 'calib', 'image_paths', 'ori_shape', 'img_process_infos')
 # Label arrays that keep an integer dtype on the device: a float32 copy of a (B, 512, 512, 40) occupancy volume would
 # be 4x its uint8 size, and indices / class ids beyond 2^24 would not survive float32.
-INTEGER_KEYS = {'point_seg_labels': torch.long, 'point_raw_index': torch.long, 'gt_occupancy': torch.uint8}
+INTEGER_KEYS = {'point_seg_labels': torch.long, 'point_raw_index': torch.long, 'point_superpixel_ids': torch.long,
+                'gt_occupancy': torch.uint8}
 
 
 def load_data_to_device(batch_dict, device):

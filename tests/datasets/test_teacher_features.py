@@ -344,3 +344,10 @@ def test_waymo_refuses_label_teachers(waymo_data_path):
     with pytest.raises(ConfigError, match='Waymo has no per-point semantic labels'):
         prepare_teacher_features(cfg, 'train', progress=False)
     assert not (waymo_data_path / 'teacher_features/synthetic').exists()  # refused before writing anything
+
+
+def test_waymo_refuses_camera_teachers(waymo_data_path):
+    cfg = waymo_cfg(waymo_data_path, NAME='image_projection', NUM_FEATURES=8, FEATURE_DIR='teacher_features/image')
+    with pytest.raises(ConfigError, match='no camera images'):
+        prepare_teacher_features(cfg, 'train', progress=False)
+    assert not (waymo_data_path / 'teacher_features/image').exists()  # refused before writing anything

@@ -11,6 +11,7 @@ from pcdet.models.build import build_network_from_cfg
 CFG_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs' / 'gpicture_models'
 PAIRS = [
     ('gpicture_tiny_synthetic_pretrain.yaml', 'gpicture_tiny_synthetic_finetune.yaml'),
+    ('gpicture_tiny_synthetic_pretrain_image.yaml', 'gpicture_tiny_synthetic_finetune.yaml'),  # image teacher
     ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_detection.yaml'),
     ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_detection_centerhead.yaml'),
     ('gpicture_waymo_pretrain.yaml', 'gpicture_waymo_detection.yaml'),

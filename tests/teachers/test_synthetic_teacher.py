@@ -102,7 +102,7 @@ def test_registry():
     teacher = build_teacher({'NAME': 'synthetic_semantic', 'NUM_FEATURES': 16})
     assert isinstance(teacher, SyntheticSemanticTeacher)
     assert (teacher.name, teacher.num_features, teacher.needs_point_labels) == ('synthetic_semantic', 16, True)
-    assert set(KNOWN_TEACHERS) == {'synthetic_semantic', 'seal_minkunet', 'geometric'}
+    assert set(KNOWN_TEACHERS) == {'synthetic_semantic', 'seal_minkunet', 'geometric', 'image_projection'}
     with pytest.raises(ConfigError, match=r"unknown teacher 'dino'.*geometric.*seal_minkunet.*synthetic_semantic"):
         build_teacher({'NAME': 'dino'})
     with pytest.raises(ConfigError, match='NAME'):

@@ -17,7 +17,7 @@ manifest is checked at construction (same teacher config, >= MAX_SWEEPS - 1 stor
 replacement, testing: the first ones), the key frame and those sweeps are loaded as parts with the same loader that
 produced the file, every part's row count is checked against the file (stale file: error naming it), and the
 features are appended as trailing columns: points (N, 5 + F) before prepare_data, split into points (N', 5) +
-point_teacher_features (N', F) float32 after it.
+point_teacher_features (N', F) float32 after it (+ point_superpixel_ids (N',) int64 when the teacher stores them).
 
 Tasks (`DATA_CONFIG.TASK`, see DatasetTemplate and docs/CONFIG.md). `segmentation` (lidarseg.py): point_seg_labels
 and point_raw_index ride behind the points (and teacher features) as carried columns, points (N, 5 [+ F] + 2) ->
@@ -286,11 +286,13 @@ class NuScenesDataset(DatasetTemplate):
         return points
 
     def get_lidar_and_teacher_features(self, info, num_sweeps):
-        """(N, 5 + F) float32: key frame + `num_sweeps` sweeps drawn from those stored in the frame's feature file,
-        each part's stored features appended to its rows (row counts checked: a stale file raises naming it); also
-        returns the drawn sweep indices and the parts' file rows."""
+        """(N, 5 + F [+ 1]) float32: key frame + `num_sweeps` sweeps drawn from those stored in the frame's feature
+        file, each part's stored features (and superpixel ids, when the teacher stores them) appended to its rows
+        (row counts checked: a stale file raises naming it); also returns the drawn sweep indices and the parts' file
+        rows."""
         path = feature_store.feature_path(self.teacher_feature_root, '', Path(info['lidar_path']).stem)
-        features, part_sizes = feature_store.load_frame_features(path, self.num_teacher_features)
+        features, part_sizes, *extras = feature_store.load_frame_features(path, self.num_teacher_features,
+                                                                          self.teacher_extra_arrays)
         stored_sweeps = len(part_sizes) - 1
         if num_sweeps > stored_sweeps:
             raise feature_store.FeatureStoreError(
@@ -303,7 +305,10 @@ class NuScenesDataset(DatasetTemplate):
         part_features = feature_store.join_part_features(
             path, features, part_sizes, [0] + [1 + k for k in sweep_indices], [len(part) for part in parts],
             [info['lidar_path']] + [info['sweeps'][k]['lidar_path'] for k in sweep_indices])
-        points = np.concatenate([np.concatenate(parts, axis=0), part_features], axis=1)
+        part_indices = [0] + [1 + k for k in sweep_indices]  # extra arrays (superpixel ids): rows as the features
+        columns = [feature_store.select_parts(extras[0][name], part_sizes, part_indices).astype(np.float32)[:, None]
+                   for name in self.teacher_extra_arrays]
+        points = np.concatenate([np.concatenate(parts, axis=0), part_features] + columns, axis=1)
         return points.astype(np.float32, copy=False), sweep_indices, raw_rows
 
     def __len__(self):

@@ -4,6 +4,8 @@
         synthetic_semantic   SyntheticSemanticTeacher (label-driven test stand-in, synthetic_semantic.py)
         seal_minkunet        SealMinkUNetTeacher (imported on first use: it pulls in torch / the checkpoint)
         geometric            GeometricTeacher (label-free local-geometry descriptors, geometric.py)
+        image_projection     ImageProjectionTeacher (2-D backbone features projected from the camera images,
+                             image_projection.py; imported on first use: it pulls in torch)
     KNOWN_TEACHERS                            the names above
 
 Modules: base (the protocol), synthetic_semantic, seal_minkunet, feature_store (per-frame float16 files + manifest),
@@ -19,6 +21,7 @@ KNOWN_TEACHERS = {
     'synthetic_semantic': 'pcdet.datasets.teachers.synthetic_semantic:SyntheticSemanticTeacher',
     'seal_minkunet': 'pcdet.datasets.teachers.seal_minkunet:SealMinkUNetTeacher',
     'geometric': 'pcdet.datasets.teachers.geometric:GeometricTeacher',
+    'image_projection': 'pcdet.datasets.teachers.image_projection:ImageProjectionTeacher',
 }
 
 
@@ -36,9 +39,20 @@ def teacher_schema(name):
     return schema_of(teacher_class(name))
 
 
+def extra_arrays_of(teacher_cfg):
+    """Names of the extra per-point arrays the teacher of `teacher_cfg` stores beside its features (e.g.
+    'superpixel_ids'); () for teachers without any and for names that are not registered (injected test teachers)."""
+    name = TEACHER_FEATURES_SCHEMA.get(teacher_cfg, 'NAME')
+    if name not in KNOWN_TEACHERS:
+        return ()
+    extra_arrays_for = getattr(teacher_class(name), 'extra_arrays_for', None)
+    return tuple(extra_arrays_for(teacher_cfg)) if extra_arrays_for is not None else ()
+
+
 def build_teacher(teacher_cfg):
     """Teacher instance for `teacher_cfg` (needs NAME; the other keys are the teacher's own, e.g. NUM_FEATURES)."""
     return teacher_class(TEACHER_FEATURES_SCHEMA.get(teacher_cfg, 'NAME'))(teacher_cfg)
 
 
-__all__ = ['KNOWN_TEACHERS', 'TEACHER_FEATURES_SCHEMA', 'build_teacher', 'teacher_class', 'teacher_schema']
+__all__ = ['KNOWN_TEACHERS', 'TEACHER_FEATURES_SCHEMA', 'build_teacher', 'extra_arrays_of', 'teacher_class',
+           'teacher_schema']

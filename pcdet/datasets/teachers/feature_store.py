@@ -5,8 +5,11 @@ Waymo DATA_PATH; an absolute FEATURE_DIR is used as is), holding
     features    (N_total, F) float16: the rows of part 0, then part 1, ... concatenated
     part_sizes  (1 + S,) int64: rows per part. nuScenes: part 0 = the key frame as loaded, part 1 + k = sweep k of
                 `info['sweeps']` as loaded (ego points removed), S stored sweeps; Waymo: one part (S = 0).
-and `<root>/<FEATURE_DIR>/manifest.json` = {format, teacher, teacher_config, num_features, num_sweeps, dataset}:
-what produced the files. Loading with another teacher config is an error naming the manifest.
+    <name>      (N_total,) int32 per extra point array of the teacher (`extra_point_arrays`, e.g. superpixel_ids of
+                the image_projection teacher), rows as the features; absent for teachers without any
+and `<root>/<FEATURE_DIR>/manifest.json` = {format, teacher, teacher_config, num_features, num_sweeps, dataset
+[, extra_arrays: [names]]}: what produced the files. Loading with another teacher config is an error naming the
+manifest.
 
 `frame_id` is what the dataset already uses (nuScenes: `Path(info['lidar_path']).stem`; Waymo: `info['frame_id']`).
 Files are written atomically without fsync (`atomic_write(durable=False)`): a crash leaves the old file or none, and a
@@ -16,13 +19,14 @@ API
     teacher_features_cfg(dataset_cfg) -> cfg | None       the TEACHER_FEATURES block if present and ENABLED
     feature_root(root_path, teacher_cfg) -> Path           root / FEATURE_DIR (default teacher_features/<NAME>)
     feature_path(root, feature_dir, frame_id) -> Path
-    save_frame_features(path, parts)                       parts: list of (N_i, F) arrays
+    save_frame_features(path, parts, extras=None)          parts: list of (N_i, F) arrays; extras {name: [(N_i,)]}
     load_frame_features(path, num_features=None) -> (features float16 (N, F), part_sizes int64 (1 + S,))
+    load_frame_features(path, num_features, extra_arrays=names) -> (features, part_sizes, {name: (N,) int32})
         a file with a NaN / inf row is an error naming it (save_frame_features refuses to write one)
     select_parts(features, part_sizes, part_indices) -> rows of the chosen parts, in the given order
     join_part_features(path, features, part_sizes, part_indices, part_rows, part_names) -> (sum rows, F) float32
         select_parts + a stale-file check of every part's row count against the points just loaded
-    feature_file_problem(path) -> str | None               cheap readability check (headers only)
+    feature_file_problem(path, extra_arrays=()) -> str | None   cheap readability check (headers only)
     build_manifest / write_manifest / read_manifest / check_manifest
 """
 import json
@@ -34,7 +38,7 @@ import numpy as np
 from ...config import ConfigError
 from ...config_schema import Schema, Select
 from ...utils.file_utils import atomic_save_text, atomic_write
-from . import teacher_schema
+from . import extra_arrays_of, teacher_schema
 from .base import TEACHER_FEATURES_SCHEMA
 
 FORMAT = 'pcdet.teacher_features/1'
@@ -107,9 +111,10 @@ def feature_path(root, feature_dir, frame_id):
     return Path(root) / feature_dir / f'{frame_id}.npz'
 
 
-def save_frame_features(path, parts):
-    """Write one frame: `parts` = list of (N_i, F) arrays (part order = module doc) -> features float16 + part_sizes.
-    Atomic (no fsync, module doc). Returns the file size in bytes."""
+def save_frame_features(path, parts, extras=None):
+    """Write one frame: `parts` = list of (N_i, F) arrays (part order = module doc) -> features float16 + part_sizes;
+    `extras` {name: list of (N_i,) integer arrays, one per part} -> one int32 member per name. Atomic (no fsync,
+    module doc). Returns the file size in bytes."""
     if not parts:
         raise ValueError(f'{path}: no parts to save')
     widths = {np.shape(part)[1] if np.ndim(part) == 2 else None for part in parts}
@@ -123,21 +128,29 @@ def save_frame_features(path, parts):
         raise ValueError(f'{path}: {bad_rows.size} feature rows are NaN / inf in float16 (rows '
                          f'{bad_rows[:10].tolist()}; float16 holds |x| <= 65504); nothing written')
     part_sizes = np.array([len(part) for part in parts], dtype=np.int64)
+    arrays = {}
+    for name, chunks in (extras or {}).items():
+        if name in ('features', 'part_sizes') or [np.shape(chunk) for chunk in chunks] != [(n,) for n in part_sizes]:
+            raise ValueError(f'{path}: extra array {name!r} must be a name other than features / part_sizes with one '
+                             f'(N_i,) array per part {part_sizes.tolist()}, got {[np.shape(c) for c in chunks]}')
+        arrays[name] = np.concatenate([np.asarray(chunk, dtype=np.int32) for chunk in chunks])
     with atomic_write(path, 'wb', durable=False) as handle:
-        np.savez(handle, features=features, part_sizes=part_sizes)
+        np.savez(handle, features=features, part_sizes=part_sizes, **arrays)
     return Path(path).stat().st_size
 
 
-def load_frame_features(path, num_features=None):
-    """(features (N, F) float16, part_sizes (1 + S,) int64) of one frame file; a missing, unreadable or inconsistent
-    file (or F != `num_features` when given) raises (FileNotFoundError / FeatureStoreError) naming it and the command
-    that regenerates it."""
+def load_frame_features(path, num_features=None, extra_arrays=()):
+    """(features (N, F) float16, part_sizes (1 + S,) int64) of one frame file, plus {name: (N,) int32} of the
+    requested `extra_arrays` when any are named; a missing, unreadable or inconsistent file (or F != `num_features`
+    when given, or a requested extra array missing / of another length) raises (FileNotFoundError /
+    FeatureStoreError) naming it and the command that regenerates it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f'teacher feature file {path} not found; create the features with: {PREPARE_COMMAND}')
     try:
         with np.load(path) as data:
             features, part_sizes = data['features'], data['part_sizes']
+            extras = {name: data[name] for name in extra_arrays if name in data.files}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise FeatureStoreError(f'teacher feature file {path} is not readable ({err}); delete it and rerun: '
                                 f'{PREPARE_COMMAND}') from err
@@ -155,21 +168,30 @@ def load_frame_features(path, num_features=None):
         raise FeatureStoreError(f'teacher feature file {path} has {features.shape[1]} features per point, '
                                 f'{SECTION}.NUM_FEATURES is {num_features}: the file is stale, regenerate it '
                                 f'({PREPARE_COMMAND})')
-    return features, part_sizes.astype(np.int64)
+    if not extra_arrays:
+        return features, part_sizes.astype(np.int64)
+    for name in extra_arrays:
+        value = extras.get(name)
+        if value is None or value.shape != (len(features),) or value.dtype.kind != 'i':
+            raise FeatureStoreError(f'teacher feature file {path}: extra array {name!r} is '
+                                    f'{"missing" if value is None else f"{value.dtype} {value.shape}"}, expected '
+                                    f'({len(features)},) integers; delete it and rerun: {PREPARE_COMMAND}')
+    return features, part_sizes.astype(np.int64), {name: extras[name].astype(np.int32) for name in extra_arrays}
 
 
-def feature_file_problem(path):
+def feature_file_problem(path, extra_arrays=()):
     """None if `path` is a complete frame file, else a description. Reads only the headers (cheap on resume): both
-    arrays present, part_sizes sums to the rows of features, the features member has exactly the bytes its header
-    announces (a truncated zip fails to open at all)."""
+    arrays (and the `extra_arrays` members) present, part_sizes sums to the rows of features, the features member has
+    exactly the bytes its header announces (a truncated zip fails to open at all)."""
     path = Path(path)
     if not path.is_file():
         return 'missing'
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
-            if not {'features.npy', 'part_sizes.npy'} <= names:
-                return f'members {sorted(names)}, expected features.npy and part_sizes.npy'
+            expected = {'features.npy', 'part_sizes.npy'} | {f'{name}.npy' for name in extra_arrays}
+            if not expected <= names:
+                return f'members {sorted(names)}, expected {sorted(expected)}'
             with archive.open('part_sizes.npy') as handle:
                 part_sizes = np.lib.format.read_array(handle)
             with archive.open('features.npy') as handle:
@@ -216,9 +238,15 @@ def join_part_features(path, features, part_sizes, part_indices, part_rows, part
 # ---- manifest --------------------------------------------------------------------------------------------------------
 
 def build_manifest(teacher_cfg, num_sweeps, dataset):
-    """The manifest dict of a feature folder (module doc)."""
-    return {'format': FORMAT, 'teacher': str(teacher_cfg['NAME']), 'teacher_config': teacher_signature(teacher_cfg),
-            'num_features': int(teacher_cfg['NUM_FEATURES']), 'num_sweeps': int(num_sweeps), 'dataset': str(dataset)}
+    """The manifest dict of a feature folder (module doc); `extra_arrays` only for teachers that store any (the
+    teacher_config that decides them is compared already)."""
+    manifest = {'format': FORMAT, 'teacher': str(teacher_cfg['NAME']),
+                'teacher_config': teacher_signature(teacher_cfg), 'num_features': int(teacher_cfg['NUM_FEATURES']),
+                'num_sweeps': int(num_sweeps), 'dataset': str(dataset)}
+    extra_arrays = extra_arrays_of(teacher_cfg)
+    if extra_arrays:
+        manifest['extra_arrays'] = list(extra_arrays)
+    return manifest
 
 
 def manifest_path(folder):

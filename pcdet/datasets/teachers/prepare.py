@@ -14,9 +14,12 @@ keys). The dataset is chosen by `DATA_CONFIG.DATASET`:
                      get the lidarseg labels of each file (key frame: lidarseg/<VERSION>/, sweeps:
                      lidarseg_sweeps/<VERSION>/ (synthetic data), the key frame's sample_data token from
                      <VERSION>/sample_data.json), filtered like the points (ego points of sweeps removed).
+                     Camera teachers (`needs_cameras`) get the key frame's images (nuscenes/cameras.py; infos made
+                     with --with_cam): `teacher.encode_cameras` runs once per frame, its result goes to every part.
     WaymoDataset     frames of DATA_SPLIT[train|test] with the dataset's SAMPLED_INTERVAL; one part per frame = the
                      processed .npy as stored (all points incl. NLZ, raw intensity / elongation, no tanh). Waymo has
-                     no per-point labels, so label-needing teachers are refused.
+                     no per-point labels and its processed files no images, so label-needing and camera teachers are
+                     refused.
 No augmentation anywhere: the teacher sees every raw point once, in file order.
 
 Frames whose file exists and passes `feature_file_problem` are skipped, so an interrupted run is simply rerun. The
@@ -39,7 +42,7 @@ import numpy as np
 from ...config import ConfigError
 from ..prep_utils import process_pool, resolve_cfg_file, resolve_data_path
 from . import feature_store
-from .base import check_teacher_output
+from .base import split_teacher_output
 
 SPLITS = ('train', 'val', 'both')
 MODE_OF_SPLIT = {'train': 'train', 'val': 'test'}
@@ -49,7 +52,8 @@ MODE_OF_SPLIT = {'train': 'train', 'val': 'test'}
 
 class NuScenesFrames:
     """Frames and parts of a nuScenes dataset config (module doc). `frames(mode)` -> [(frame_id, info)];
-    `load_parts(info, with_labels)` -> (parts [(N_i, 5) float32], labels [(N_i,) or None], part names)."""
+    `load_parts(info, with_labels)` -> (parts [(N_i, 5) float32], labels [(N_i,) or None], part names);
+    `load_cameras(info)` -> [CameraView] of the key frame."""
 
     dataset = 'NuScenesDataset'
 
@@ -99,6 +103,18 @@ class NuScenesFrames:
             raise ValueError(f'label file {path} has {len(labels)} labels but {lidar_path} has {num_raw} points')
         return labels[raw_rows]
 
+    def check_cameras(self, frames):
+        """KeyError naming the first info without camera entries (infos made without --with_cam), before any work."""
+        from ..nuscenes.cameras import WITH_CAM_HINT
+        for _, info in frames:
+            if not info.get('cams'):
+                raise KeyError(f'the camera teacher needs camera images, but the info of {info["lidar_path"]} has no '
+                               f'camera entries (info["cams"]); {WITH_CAM_HINT}')
+
+    def load_cameras(self, info):
+        from ..nuscenes.cameras import load_camera_views
+        return load_camera_views(self.root, info)
+
     def load_parts(self, info, with_labels):
         from ..nuscenes.nuscenes_utils import load_point_parts
         sweep_indices = range(self.num_sweeps)
@@ -143,6 +159,11 @@ class WaymoFrames:
         raise ConfigError('Waymo has no per-point semantic labels: TEACHER_FEATURES.NAME must be a teacher with '
                           'needs_point_labels = False (e.g. seal_minkunet)')
 
+    def check_cameras(self, frames):
+        raise ConfigError('Waymo teacher features are computed from the processed point files, which hold no camera '
+                          'images: TEACHER_FEATURES.NAME must be a teacher with needs_cameras = False (e.g. '
+                          'geometric, seal_minkunet)')
+
     def load_parts(self, info, with_labels):
         from ..waymo import waymo_utils
         path = waymo_utils.lidar_file(self.processed_path, info['point_cloud']['lidar_sequence'],
@@ -166,16 +187,32 @@ def frame_adapter(dataset_cfg, num_sweeps=None):
 
 def compute_frame_features(adapter, teacher, info):
     """List of (N_i, F) float32 teacher features, one per part of `info` (adapter's part order)."""
+    return compute_frame_outputs(adapter, teacher, info)[0]
+
+
+def compute_frame_outputs(adapter, teacher, info):
+    """(list of (N_i, F) float32 teacher features, one per part of `info` (adapter's part order), {name: list of
+    (N_i,) int32} of the teacher's extra point arrays). A camera teacher encodes the key frame's images once here."""
     parts, labels, sources = adapter.load_parts(info, teacher.needs_point_labels)
-    return [check_teacher_output(teacher, teacher(points, point_labels), len(points), source)
-            for points, point_labels, source in zip(parts, labels, sources)]
+    camera_kwargs = {}
+    if getattr(teacher, 'needs_cameras', False):
+        camera_kwargs['cameras'] = teacher.encode_cameras(adapter.load_cameras(info))
+    features, extras = [], {name: [] for name in getattr(teacher, 'extra_point_arrays', ())}
+    for points, point_labels, source in zip(parts, labels, sources):
+        part_features, part_extras = split_teacher_output(teacher, teacher(points, point_labels, **camera_kwargs),
+                                                          len(points), source)
+        features.append(part_features)
+        for name, value in part_extras.items():
+            extras[name].append(value)
+    return features, extras
 
 
 def prepare_frame(frame, adapter, teacher, folder):
     """Compute and save one frame; returns (frame_id, bytes written)."""
     frame_id, info = frame
-    features = compute_frame_features(adapter, teacher, info)
-    return frame_id, feature_store.save_frame_features(feature_store.feature_path(folder, '', frame_id), features)
+    features, extras = compute_frame_outputs(adapter, teacher, info)
+    return frame_id, feature_store.save_frame_features(feature_store.feature_path(folder, '', frame_id), features,
+                                                       extras)
 
 
 # Per-process state of a forked worker, set once by `_init_worker` (the Pool initializer) so a heavy teacher (a
@@ -262,14 +299,18 @@ def prepare_teacher_features(dataset_cfg, split='train', num_sweeps=None, worker
     adapter = frame_adapter(dataset_cfg, num_sweeps)
     if teacher is not None:
         check_teacher_matches(teacher, teacher_cfg)
-    needs_labels = teacher.needs_point_labels if teacher is not None else _teacher_class(teacher_cfg).needs_point_labels
+    teacher_type = teacher if teacher is not None else _teacher_class(teacher_cfg)
     folder = feature_store.feature_root(adapter.root, teacher_cfg)
     frames = select_frames(adapter, split, limit)
-    if needs_labels:  # before the manifest: a dataset without labels must not leave an empty feature folder behind
+    # before the manifest: a dataset without labels / images must not leave an empty feature folder behind
+    if teacher_type.needs_point_labels:
         adapter.prepare_labels()
+    if getattr(teacher_type, 'needs_cameras', False):
+        adapter.check_cameras(frames)
     manifest = ensure_manifest(folder, teacher_cfg, adapter)
-    pending = [frame for frame in frames
-               if feature_store.feature_file_problem(feature_store.feature_path(folder, '', frame[0])) is not None]
+    extra_arrays = manifest.get('extra_arrays', ())
+    pending = [frame for frame in frames if feature_store.feature_file_problem(
+        feature_store.feature_path(folder, '', frame[0]), extra_arrays) is not None]
     logger.info(f'teacher features {teacher_cfg["NAME"]} -> {folder}: {len(frames)} frames of split {split}, '
                 f'{len(frames) - len(pending)} already done, {len(pending)} to compute')
     written = []
@@ -355,5 +396,5 @@ def main(argv=None):
 if __name__ == '__main__':
     try:
         main()
-    except (FileNotFoundError, ConfigError, feature_store.FeatureStoreError, ValueError) as err:
+    except (FileNotFoundError, KeyError, ConfigError, feature_store.FeatureStoreError, ValueError) as err:
         raise SystemExit(f'error: {err}')
