@@ -79,7 +79,10 @@ def write_jpeg(path, image, quality=95):
 
 
 def cam_entry(data_path, rotation, translation, K, image_shape, channel='CAM_FRONT'):
-    """info['cams'][channel] as the `--with_cam` infos hold it."""
+    """info['cams'][channel] as the `--with_cam` infos hold it (the pose records are placeholders: only
+    sensor2lidar_* and camera_intrinsics place the camera)."""
     return {'data_path': data_path, 'type': channel, 'sample_data_token': f'{channel}-token',
+            'sensor2ego_translation': [0.0, 0.0, 0.0], 'sensor2ego_rotation': [1.0, 0.0, 0.0, 0.0],
+            'ego2global_translation': [0.0, 0.0, 0.0], 'ego2global_rotation': [1.0, 0.0, 0.0, 0.0],
             'sensor2lidar_rotation': np.asarray(rotation), 'sensor2lidar_translation': np.asarray(translation),
             'camera_intrinsics': np.asarray(K), 'image_shape': tuple(image_shape), 'timestamp': 0}
