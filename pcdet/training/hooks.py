@@ -215,7 +215,8 @@ class LoggingHook(HookBase):
             if step.skipped:
                 self.tb_log.add_scalar('meta_data/skipped_steps', t.result.skipped_steps, t.iter)
             for key, value in tb_values.items():
-                self.tb_log.add_scalar('train/' + key, value, t.iter)
+                if key != 'loss':  # a model's own 'loss' entry is the total just written as train/loss
+                    self.tb_log.add_scalar('train/' + key, value, t.iter)
         if self.pbar is not None:
             self.pbar.update()
             self.pbar.set_postfix(loss=f'{step.loss:.4f}', lr=f'{step.lr:.2e}', d_time=f'{self.data_time.avg:.2f}',

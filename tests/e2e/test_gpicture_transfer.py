@@ -27,7 +27,18 @@ import re
 
 import pytest
 
-from e2e_tools import REPO_ROOT, devkit_metrics, eval_args, make_synthetic_nuscenes, run_tool, tool_env, train_args
+from e2e_tools import (
+    REPO_ROOT,
+    assert_encoder_moved_from_init,
+    assert_loss_falls,
+    assert_pretraining_losses_decrease,
+    devkit_metrics,
+    eval_args,
+    make_synthetic_nuscenes,
+    run_tool,
+    tool_env,
+    train_args,
+)
 
 CFG_DIR = REPO_ROOT / 'tools' / 'cfgs' / 'gpicture_models'
 PRETRAIN_CFG = CFG_DIR / 'gpicture_tiny_synthetic_pretrain.yaml'
@@ -38,42 +49,6 @@ GENERATOR_ARGS = ['--num_scenes', '30', '--samples_per_scene', '4', '--azimuth_s
 PRETRAIN_EPOCHS = 16
 FINETUNE_EPOCHS = 45
 THREADS = 1
-
-
-def assert_pretraining_losses_decrease(tensorboard_dir, window=20):
-    """Both reconstruction losses end lower than they start: loss_points over the whole run, loss_seal from the
-    first epoch with beta > 0 (before it, the teacher head is not trained)."""
-    from pcdet.utils.tb_events import read_scalars
-    series = read_scalars(tensorboard_dir)
-    points = [v for _, v in series['train/loss_points']]
-    assert sum(points[-window:]) / window < 0.5 * sum(points[:window]) / window, 'loss_points did not decrease'
-    beta = dict(series['dgpl/beta'])
-    first_on = min(epoch for epoch, value in beta.items() if value > 0)
-    iters_per_epoch = len(points) // len(beta)
-    seal = [v for _, v in series['train/loss_seal']][first_on * iters_per_epoch:]
-    assert sum(seal[-window:]) / window < 0.5 * sum(seal[:window]) / window, 'loss_seal did not decrease'
-
-
-def assert_loss_falls(tensorboard_dir, tag, factor=0.5, window=20):
-    """The mean of `tag` over the last `window` iterations is below `factor` x its mean over the first `window`."""
-    from pcdet.utils.tb_events import read_scalars
-    values = [v for _, v in read_scalars(tensorboard_dir)[tag]]
-    first, last = sum(values[:window]) / window, sum(values[-window:]) / window
-    assert last < factor * first, f'{tag} did not fall enough: first {window} mean {first:.4f}, last {last:.4f}'
-    return first, last
-
-
-def assert_encoder_moved_from_init(checkpoint_file, tolerance=1e-3):
-    """Every normalisation scale of the encoder (1-D `.weight` tensors under `vfe.` / `backbone_3d.`: LayerNorm and
-    BatchNorm, all initialised to exactly 1 whatever the seed) left 1: gradients of the pretraining reached every
-    encoder layer. A frozen encoder, or one the pretext never back-propagates into, keeps them at 1."""
-    import torch
-    state = torch.load(checkpoint_file, map_location='cpu', weights_only=False)['model_state']
-    scales = {key: value for key, value in state.items()
-              if key.startswith(('vfe.', 'backbone_3d.')) and key.endswith('.weight') and value.dim() == 1}
-    assert len(scales) >= 4, f'expected the encoder normalisation scales in {checkpoint_file}, found {sorted(scales)}'
-    unmoved = [key for key, value in scales.items() if (value.float() - 1).abs().max() <= tolerance]
-    assert not unmoved, f'pretraining left these encoder scales at their initial value 1: {unmoved}'
 
 
 @pytest.mark.slow

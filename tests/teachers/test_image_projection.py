@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from pcdet.config import ConfigError
 from pcdet.datasets.nuscenes.cameras import project_points
 from pcdet.datasets.teachers import build_teacher
 from pcdet.datasets.teachers.image_projection import (
@@ -191,3 +192,29 @@ def test_superpixel_ids_follow_slic_of_the_first_camera_that_sees_a_point():
     np.testing.assert_array_equal(ids, expected)
     assert (ids // 48 == 0).any() and (ids // 48 == 1).any()
     assert teacher(points, cameras=cameras)[1]['superpixel_ids'].tolist() == ids.tolist()  # deterministic
+
+
+def test_instance_map_normalization_standardises_each_channel_per_image_before_sampling():
+    R, T, K = moving_ego_camera()
+    image = colour_coded_image(HEIGHT, WIDTH)
+    rng = np.random.default_rng(4)
+    pixels = np.stack([rng.integers(0, WIDTH, 200), rng.integers(0, HEIGHT, 200)], axis=1)
+    points = points_on_rays(pixels.astype(np.float64), rng.uniform(1, 60, 200), K, R, T)
+    points = np.concatenate([points, np.zeros((len(points), 2))], axis=1)
+    teacher = ImageProjectionTeacher(teacher_cfg(MAP_NORMALIZATION='instance'), backbone=IdentityRGB())
+    features = teacher(points, cameras=[view(R, T, K, image)])
+    # reference: the ImageNet-normalised image, each channel standardised over all pixels by hand, read at the pixel
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    normalised = (image.astype(np.float64) / 255.0 - mean) / std
+    standardised = np.empty_like(normalised)
+    for channel in range(3):
+        centred = normalised[:, :, channel] - normalised[:, :, channel].sum() / normalised[:, :, channel].size
+        std = np.sqrt((centred ** 2).sum() / centred.size)
+        standardised[:, :, channel] = centred / std if std > 1e-6 else 0.0  # the image's blue channel is constant
+    expected = standardised[pixels[:, 1], pixels[:, 0]]
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(features, expected, atol=1e-4)
+    plain = ImageProjectionTeacher(teacher_cfg(), backbone=IdentityRGB())(points, cameras=[view(R, T, K, image)])
+    assert np.abs(plain - expected).max() > 0.1  # 'none' (the default) leaves the map as the backbone gives it
+    with pytest.raises(ConfigError, match='MAP_NORMALIZATION'):
+        ImageProjectionTeacher(teacher_cfg(MAP_NORMALIZATION='batch'), backbone=IdentityRGB())

@@ -25,9 +25,10 @@ Superpixel ids (SUPERPIXELS.ENABLED; extra per-point int32 array `superpixel_ids
     asked for; more than ID_STRIDE is an error naming the image). Unique within a frame, exact in float32.
 
 Config (`DATA_CONFIG.TEACHER_FEATURES`): NAME image_projection, NUM_FEATURES (required), MIN_DEPTH (1.0 m, as the
-devkit's map_pointcloud_to_image), DEVICE ('cpu'), BACKBONE {NAME ('resnet_tiny' | 'torchvision:<arch>' |
-'timm:<arch>'), WEIGHTS (local file or None), SEED (0), LAYER (torchvision only)} (image_backbones.py),
-SUPERPIXELS {ENABLED (False), N_SEGMENTS (100), COMPACTNESS (10.0), ID_STRIDE (None)}.
+devkit's map_pointcloud_to_image), DEVICE ('cpu'), MAP_NORMALIZATION ('none' | 'instance': each channel of each
+image's feature map standardised over its pixels before sampling, `instance_normalize`), BACKBONE {NAME
+('resnet_tiny' | 'torchvision:<arch>' | 'timm:<arch>'), WEIGHTS (local file or None), SEED (0), LAYER (torchvision
+only)} (image_backbones.py), SUPERPIXELS {ENABLED (False), N_SEGMENTS (100), COMPACTNESS (10.0), ID_STRIDE (None)}.
 """
 from typing import List, NamedTuple, Optional
 
@@ -45,6 +46,7 @@ SECTION = 'DATA_CONFIG.TEACHER_FEATURES'
 SUPERPIXEL_IDS = 'superpixel_ids'
 MAX_CAMERAS = 16  # bounds the id range checked against float32 exactness at config time
 BACKBONE_SCHEMA = Schema(f'{SECTION}.BACKBONE', {'NAME': 'resnet_tiny', 'WEIGHTS': None, 'SEED': 0, 'LAYER': None})
+MAP_NORMALIZATIONS = ('none', 'instance')
 SUPERPIXEL_SCHEMA = Schema(f'{SECTION}.SUPERPIXELS', {'ENABLED': False, 'N_SEGMENTS': 100, 'COMPACTNESS': 10.0,
                                                       'ID_STRIDE': None})
 
@@ -68,6 +70,20 @@ def superpixel_settings(teacher_cfg):
         raise ConfigError(f'{SECTION}.SUPERPIXELS: N_SEGMENTS ({n_segments}) must be >= 1 and ID_STRIDE ({id_stride}) '
                           f'>= N_SEGMENTS with {MAX_CAMERAS} * ID_STRIDE < 2**24 (ids ride in float32 columns)')
     return enabled, n_segments, float(SUPERPIXEL_SCHEMA.get(block, 'COMPACTNESS')), id_stride
+
+
+def instance_normalize(feature_map, eps=1e-6):
+    """(F, h, w) -> every channel shifted and scaled to zero mean and unit (population) std over the map's pixels
+    (a channel with std <= eps becomes 0).
+
+    Why: the channels of a randomly initialised ReLU network share a large positive common component, so its
+    L2-normalised per-point features are nearly parallel (mean cosine 0.94 on the synthetic cameras, 2026-12-06):
+    a reconstruction target that predicting one constant vector almost meets. Standardising each channel per image
+    keeps what varies across the image."""
+    centred = feature_map - feature_map.mean(dim=(1, 2), keepdim=True)
+    std = centred.square().mean(dim=(1, 2), keepdim=True).sqrt()
+    # a (numerically) constant channel carries nothing: 0, not its round-off noise divided by eps
+    return torch.where(std > eps, centred / std.clamp_min(eps), torch.zeros_like(centred))
 
 
 def normalise_image(image):
@@ -109,7 +125,8 @@ class ImageProjectionTeacher(Teacher):
     name = 'image_projection'
     needs_cameras = True
     CONFIG_SCHEMA = Teacher.CONFIG_SCHEMA.extend(f'{SECTION} (image_projection)', {
-        'MIN_DEPTH': 1.0, 'DEVICE': 'cpu', 'BACKBONE': BACKBONE_SCHEMA, 'SUPERPIXELS': SUPERPIXEL_SCHEMA})
+        'MIN_DEPTH': 1.0, 'DEVICE': 'cpu', 'MAP_NORMALIZATION': 'none', 'BACKBONE': BACKBONE_SCHEMA,
+        'SUPERPIXELS': SUPERPIXEL_SCHEMA})
 
     def __init__(self, teacher_cfg, backbone=None):
         """`backbone`: a module (1, 3, H, W) normalised image -> (1, F, h, w) used instead of BACKBONE (tests)."""
@@ -122,6 +139,10 @@ class ImageProjectionTeacher(Teacher):
         self.superpixels, self.n_segments, self.compactness, self.id_stride = superpixel_settings(teacher_cfg)
         self.extra_point_arrays = (SUPERPIXEL_IDS,) if self.superpixels else ()
         self.device = torch.device(str(schema.get(teacher_cfg, 'DEVICE')))
+        self.map_normalization = str(schema.get(teacher_cfg, 'MAP_NORMALIZATION'))
+        if self.map_normalization not in MAP_NORMALIZATIONS:
+            raise ConfigError(f'{SECTION}.MAP_NORMALIZATION must be one of {MAP_NORMALIZATIONS}, got '
+                              f'{self.map_normalization!r}')
         if backbone is None:
             backbone = build_image_backbone(schema.get(teacher_cfg, 'BACKBONE'), self.num_features, SECTION)
         self.backbone = backbone.to(self.device).eval()
@@ -142,7 +163,9 @@ class ImageProjectionTeacher(Teacher):
             if feature_map.dim() != 4 or feature_map.shape[:2] != (1, self.num_features):
                 raise ValueError(f'image backbone returned {tuple(feature_map.shape)} for {view.path}; expected '
                                  f'(1, NUM_FEATURES={self.num_features}, h, w)')
-            feature_maps.append(feature_map[0].float())
+            feature_map = feature_map[0].float()
+            feature_maps.append(instance_normalize(feature_map) if self.map_normalization == 'instance'
+                                else feature_map)
             if self.superpixels:
                 superpixels.append(self.segment(view))
         return EncodedCameras(list(views), feature_maps, superpixels)

@@ -201,9 +201,9 @@ class ContrastivePretrain(Detector3DTemplate):
             loss = C.nt_xent(self.global_head(self.global_features(batch_dict)),
                              self.global_head(self.global_features(view)), float(self.intra_cfg.TEMPERATURE))
             losses.append(float(self.intra_cfg.WEIGHT) * loss)
-            tb_dict['loss_intra'] = loss.item()
+            tb_dict['loss_intra'] = loss.detach()
         total = sum(losses)
-        tb_dict['loss'] = total.item()
+        tb_dict['loss'] = total.detach()
         return {'loss': total}, tb_dict, {}
 
     def _cross_modal_losses(self, batch_dict, points, tb_dict):
@@ -229,7 +229,7 @@ class ContrastivePretrain(Detector3DTemplate):
             loss = C.info_nce(self.point_head(encoder[rows]), self.pixel_head(teacher[rows]),
                               float(self.p2p_cfg.TEMPERATURE))
             losses.append(float(self.p2p_cfg.WEIGHT) * loss)
-            tb_dict.update(loss_point_pixel=loss.item(), num_point_pairs=int(rows.numel()))
+            tb_dict.update(loss_point_pixel=loss.detach(), num_point_pairs=int(rows.numel()))
         if float(self.sp_cfg.WEIGHT) > 0:
             if 'point_superpixel_ids' not in batch_dict:
                 raise KeyError('point_superpixel_ids: MODEL.SUPERPOINT_TO_SUPERPIXEL.WEIGHT > 0 needs the superpixel '
@@ -243,5 +243,5 @@ class ContrastivePretrain(Detector3DTemplate):
             superpixels = C.segment_mean(self.pixel_head(teacher), segment, count)
             loss = C.info_nce(superpoints, superpixels, float(self.sp_cfg.TEMPERATURE))
             losses.append(float(self.sp_cfg.WEIGHT) * loss)
-            tb_dict.update(loss_superpixel=loss.item(), num_superpixels=int(count))
+            tb_dict.update(loss_superpixel=loss.detach(), num_superpixels=int(count))
         return losses
