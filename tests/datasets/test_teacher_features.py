@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from easydict import EasyDict
 
-from pcdet.config import ConfigError, cfg_from_yaml_file
+from pcdet.config import ConfigError
 from pcdet.datasets.nuscenes.nuscenes_dataset import NuScenesDataset
 from pcdet.datasets.nuscenes.nuscenes_utils import CLASS_NAMES, load_point_parts
 from pcdet.datasets.processor import PointFeatureEncoder
 from pcdet.datasets.teachers import feature_store
 from pcdet.datasets.teachers.base import Teacher
 from pcdet.datasets.teachers.prepare import prepare_teacher_features
+
+from teacher_test_configs import augmented_nuscenes_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_STORED_SWEEPS = 9
@@ -52,18 +54,7 @@ def raw_rows_of(features):
 
 
 def nuscenes_cfg(data_path, version, max_sweeps=10, **teacher_overrides):
-    cfg = cfg_from_yaml_file(REPO_ROOT / 'tools/cfgs/dataset_configs/nuscenes_dataset.yaml')
-    cfg.DATA_PATH, cfg.VERSION, cfg.MAX_SWEEPS = str(data_path), version, max_sweeps
-    cfg.DATA_AUGMENTOR.DISABLE_AUG_LIST = ['gt_sampling']
-    cfg.DATA_AUGMENTOR.AUG_CONFIG_LIST.append(EasyDict({'NAME': 'random_world_translation',
-                                                        'NOISE_TRANSLATE_STD': [0.5, 0.5, 0.2]}))
-    cfg.DATA_PROCESSOR = [EasyDict(step) for step in (
-        {'NAME': 'mask_points_and_boxes_outside_range', 'REMOVE_OUTSIDE_BOXES': True, 'MASK_Z': True},
-        {'NAME': 'shuffle_points', 'SHUFFLE_ENABLED': {'train': True, 'test': True}},
-        {'NAME': 'transform_points_to_voxels_placeholder', 'VOXEL_SIZE': [0.2, 0.2, 0.2]},
-    )]
-    cfg.TEACHER_FEATURES = EasyDict(dict(TEACHER_CFG, **teacher_overrides))
-    return cfg
+    return augmented_nuscenes_cfg(data_path, version, max_sweeps, dict(TEACHER_CFG, **teacher_overrides))
 
 
 @pytest.fixture(scope='module')

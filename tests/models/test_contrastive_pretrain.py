@@ -18,6 +18,8 @@ from pcdet.models.pretraining.contrastive import info_nce, nt_xent, sample_per_f
 from pcdet.training.checkpointing import checkpoint_state, save_checkpoint
 from pcdet.utils.checkpoint import load_pretrained_model
 
+from encoder_variants import use_two_stage_voxel_encoder
+
 CFGS = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs'
 PRETRAIN = CFGS / 'contrastive_models' / 'contrastive_tiny_synthetic_pretrain.yaml'
 FINETUNE = CFGS / 'gpicture_models' / 'gpicture_tiny_synthetic_finetune.yaml'
@@ -128,15 +130,7 @@ def test_multi_stage_encoder_uses_the_last_stage_token_of_the_column():
     """3-D voxels (2 m in z, 4 z cells) and two DSVT stages with z-stride 4: a point's feature is the stage-1 token
     at (b, z // 4, y, x), found here from the point's coordinates."""
     cfg = load_cfg(intra=0.0)
-    cfg.DATA_CONFIG.DATA_PROCESSOR[-1].VOXEL_SIZE = [0.8, 0.8, 2.0]
-    cfg.MODEL.VFE.NAME = 'DynamicVoxelVFE'
-    bb = cfg.MODEL.BACKBONE_3D
-    bb.INPUT_LAYER = EasyDict(dict(sparse_shape=[128, 128, 4], downsample_stride=[[1, 1, 4]], d_model=[32, 32],
-                                   set_info=[[16, 1], [16, 1]], window_shape=[[8, 8, 4], [8, 8, 1]],
-                                   hybrid_factor=[2, 2, 1], shifts_list=[[[0, 0, 0], [4, 4, 0]]] * 2,
-                                   normalize_pos=False))
-    bb.block_name, bb.set_info, bb.d_model = ['DSVTBlock'] * 2, [[16, 1], [16, 1]], [32, 32]
-    bb.nhead, bb.dim_feedforward = [2, 2], [64, 64]
+    use_two_stage_voxel_encoder(cfg)
     torch.manual_seed(0)
     model = build_network_from_cfg(cfg)
     batch = make_batch(batch_size=2, points_per_frame=300)

@@ -13,6 +13,8 @@ from pcdet.models.pretraining.cka import linear_cka
 from pcdet.models.pretraining.dgpl import dgpl_beta
 from pcdet.utils.checkpoint import CheckpointMismatchError, load_pretrained_model
 
+from encoder_variants import use_two_stage_voxel_encoder
+
 CFG_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs' / 'gpicture_models'
 
 
@@ -23,16 +25,7 @@ def tiny_cfg():
 def voxel_cfg(decoder_mode='voxel', hierarchical=False):
     """The tiny config on a 3-D grid (z cells of 2 m, two DSVT stages, z-stride 4) to exercise voxels and pooling."""
     cfg = tiny_cfg()
-    cfg.DATA_CONFIG.DATA_PROCESSOR[-1].VOXEL_SIZE = [0.8, 0.8, 2.0]
-    cfg.MODEL.VFE.NAME = 'DynamicVoxelVFE'
-    bb = cfg.MODEL.BACKBONE_3D
-    bb.INPUT_LAYER = EasyDict(dict(sparse_shape=[128, 128, 4], downsample_stride=[[1, 1, 4]], d_model=[32, 32],
-                                   set_info=[[16, 1], [16, 1]], window_shape=[[8, 8, 4], [8, 8, 1]],
-                                   hybrid_factor=[2, 2, 1], shifts_list=[[[0, 0, 0], [4, 4, 0]]] * 2,
-                                   normalize_pos=False))
-    bb.block_name, bb.set_info, bb.d_model = ['DSVTBlock'] * 2, [[16, 1], [16, 1]], [32, 32]
-    bb.nhead, bb.dim_feedforward, bb.reduction_type = [2, 2], [64, 64], 'attention'
-    bb.pop('conv_out_channel')
+    use_two_stage_voxel_encoder(cfg, reduction_type='attention', drop_conv_out=True)
     dec = cfg.MODEL.BACKBONE_2D
     dec.MODE = decoder_mode
     dec.DSVT.INPUT_LAYER.window_shape = [[8, 8, 4]] if decoder_mode == 'voxel' else [[8, 8, 1]]

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.models.build import build_network_from_cfg
 from pcdet.models.dense_heads.occ_head import upsample_argmax
+
+from encoder_variants import use_two_stage_voxel_encoder
 
 CFG_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs' / 'gpicture_models'
 SEG_CFG, OCC_CFG = 'gpicture_tiny_synthetic_segmentation.yaml', 'gpicture_tiny_synthetic_occupancy.yaml'
@@ -31,16 +32,7 @@ def two_stage(cfg):
     """The tiny config on a 3-D grid (z cells of 2 m) with two DSVT stages (z-stride 4), to exercise the pooling
     maps: stage 0 is 128 x 128 x 4, stage 1 128 x 128 x 1."""
     cfg = copy.deepcopy(cfg)
-    cfg.DATA_CONFIG.DATA_PROCESSOR[-1].VOXEL_SIZE = [0.8, 0.8, 2.0]
-    cfg.MODEL.VFE.NAME = 'DynamicVoxelVFE'
-    bb = cfg.MODEL.BACKBONE_3D
-    bb.INPUT_LAYER = EasyDict(dict(sparse_shape=[128, 128, 4], downsample_stride=[[1, 1, 4]], d_model=[32, 32],
-                                   set_info=[[16, 1], [16, 1]], window_shape=[[8, 8, 4], [8, 8, 1]],
-                                   hybrid_factor=[2, 2, 1], shifts_list=[[[0, 0, 0], [4, 4, 0]]] * 2,
-                                   normalize_pos=False))
-    bb.block_name, bb.set_info, bb.d_model = ['DSVTBlock'] * 2, [[16, 1], [16, 1]], [32, 32]
-    bb.nhead, bb.dim_feedforward, bb.reduction_type = [2, 2], [64, 64], 'attention'
-    bb.pop('conv_out_channel')
+    use_two_stage_voxel_encoder(cfg, reduction_type='attention', drop_conv_out=True)
     return cfg
 
 

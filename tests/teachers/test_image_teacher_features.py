@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from easydict import EasyDict
 
 from pcdet.config import cfg_from_yaml_file
 from pcdet.datasets.nuscenes.cameras import load_camera_views
@@ -16,6 +15,7 @@ from pcdet.datasets.teachers import build_teacher, feature_store
 from pcdet.datasets.teachers.prepare import prepare_teacher_features
 
 from camera_fixtures import LOOK_FORWARD, cam_entry, intrinsics, rotation_z, write_jpeg
+from teacher_test_configs import augmented_nuscenes_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WIDTH, HEIGHT = 64, 48
@@ -28,18 +28,7 @@ TEACHER = dict(NAME='image_projection', NUM_FEATURES=8, BACKBONE={'NAME': 'resne
 def nuscenes_cfg(data_path, version, max_sweeps, **teacher):
     """The nuScenes dataset config with training augmentation (flip, rotation, scaling, translation), range mask and
     shuffling, and the TEACHER_FEATURES block `teacher`."""
-    cfg = cfg_from_yaml_file(REPO_ROOT / 'tools/cfgs/dataset_configs/nuscenes_dataset.yaml')
-    cfg.DATA_PATH, cfg.VERSION, cfg.MAX_SWEEPS = str(data_path), version, max_sweeps
-    cfg.DATA_AUGMENTOR.DISABLE_AUG_LIST = ['gt_sampling']
-    cfg.DATA_AUGMENTOR.AUG_CONFIG_LIST.append(EasyDict({'NAME': 'random_world_translation',
-                                                        'NOISE_TRANSLATE_STD': [0.5, 0.5, 0.2]}))
-    cfg.DATA_PROCESSOR = [EasyDict(step) for step in (
-        {'NAME': 'mask_points_and_boxes_outside_range', 'REMOVE_OUTSIDE_BOXES': True, 'MASK_Z': True},
-        {'NAME': 'shuffle_points', 'SHUFFLE_ENABLED': {'train': True, 'test': True}},
-        {'NAME': 'transform_points_to_voxels_placeholder', 'VOXEL_SIZE': [0.2, 0.2, 0.2]},
-    )]
-    cfg.TEACHER_FEATURES = EasyDict(teacher)
-    return cfg
+    return augmented_nuscenes_cfg(data_path, version, max_sweeps, teacher)
 
 
 def smooth_image(rng):

@@ -1,0 +1,23 @@
+"""Encoder variants shared by the model tests (one definition, so the tests exercise the same 3-D grid)."""
+from easydict import EasyDict
+
+
+def use_two_stage_voxel_encoder(cfg, reduction_type=None, drop_conv_out=False):
+    """Switch the tiny config's encoder, in place, to 3-D voxels (z cells of 2 m) with two DSVT stages (z-stride 4):
+    stage 0 is 128 x 128 x 4, stage 1 128 x 128 x 1, so the pooling maps are exercised. `reduction_type` sets the
+    DSVT pooling reduction; `drop_conv_out` removes `conv_out_channel` (models whose decoder reads the raw tokens).
+    Returns `cfg`."""
+    cfg.DATA_CONFIG.DATA_PROCESSOR[-1].VOXEL_SIZE = [0.8, 0.8, 2.0]
+    cfg.MODEL.VFE.NAME = 'DynamicVoxelVFE'
+    bb = cfg.MODEL.BACKBONE_3D
+    bb.INPUT_LAYER = EasyDict(dict(sparse_shape=[128, 128, 4], downsample_stride=[[1, 1, 4]], d_model=[32, 32],
+                                   set_info=[[16, 1], [16, 1]], window_shape=[[8, 8, 4], [8, 8, 1]],
+                                   hybrid_factor=[2, 2, 1], shifts_list=[[[0, 0, 0], [4, 4, 0]]] * 2,
+                                   normalize_pos=False))
+    bb.block_name, bb.set_info, bb.d_model = ['DSVTBlock'] * 2, [[16, 1], [16, 1]], [32, 32]
+    bb.nhead, bb.dim_feedforward = [2, 2], [64, 64]
+    if reduction_type is not None:
+        bb.reduction_type = reduction_type
+    if drop_conv_out:
+        bb.pop('conv_out_channel')
+    return cfg
