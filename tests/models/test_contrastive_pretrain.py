@@ -256,10 +256,14 @@ def test_encoder_config_equals_the_finetune_encoder():
     assert _encoder_schema_values(gpicture)[0] == _encoder_schema_values(pre)[0]
 
 
-def test_checkpoint_loads_the_whole_encoder_into_the_finetune_model(tmp_path):
+@pytest.mark.parametrize('finetune_name', ['gpicture_tiny_synthetic_finetune.yaml',
+                                           'gpicture_tiny_synthetic_segmentation.yaml',
+                                           'gpicture_tiny_synthetic_occupancy.yaml'])
+def test_checkpoint_loads_the_whole_encoder_into_every_tiny_finetune_model(finetune_name, tmp_path):
+    """Detection, segmentation and occupancy fine-tunes of the tiny encoder each load every encoder tensor."""
     source = build(seed=5)
     path = save_checkpoint(checkpoint_state(source, epoch=1, it=1), tmp_path / 'contrastive')
-    fine_cfg = cfg_from_yaml_file(str(FINETUNE))
+    fine_cfg = cfg_from_yaml_file(str(CFGS / 'gpicture_models' / finetune_name))
     assert fine_cfg.MODEL.PRETRAINED_ENCODER.MIN_COVERAGE == 1.0
     torch.manual_seed(6)
     target = build_network_from_cfg(fine_cfg)
