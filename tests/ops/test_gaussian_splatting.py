@@ -110,6 +110,7 @@ def brute_force(scene, pose, K, width, height, near=0.01, dilation=0.3, alpha_ma
 def stacked_scene(pose):
     """Nearly opaque Gaussians stacked near the optical axis (early termination, the 0.99 clamp), plus culled ones."""
     scene = random_scene(5, 8, spread=0.3, scale=(1.0, 2.0), opacity=(0.95, 1.0))
+    scene['opacities'][scene['means'][:, 2].argmin()] = 1.0  # the nearest one reaches the 0.99 clamp
     scene['means'][-1, 2] = -4.0  # behind the camera
     scene['means'][-2, 0] = 40.0  # far right of the image
     cam = torch.cat([scene['means'], torch.ones(8, 1, dtype=torch.float64)], dim=1)
