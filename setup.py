@@ -3,6 +3,7 @@
 Optional extras are imported lazily by the modules that need them:
   [spconv]  sparse-convolution teacher networks (GPICTURE Seal features)
   [waymo]   official Waymo metrics cross-check (pins TensorFlow: use a separate environment)
+  [gsplat]  CUDA fast path of pcdet.ops.gaussian_splatting
   [dev]     test tools
 """
 from pathlib import Path
@@ -37,6 +38,7 @@ setup(
     extras_require={
         'spconv': ['spconv-cu118>=2.3.6', 'cumm-cu118'],
         'waymo': ['waymo-open-dataset-tf-2-12-0'],
+        'gsplat': ['gsplat'],
         'dev': ['pytest>=7.4', 'pytest-xdist>=3.6'],
     },
     license='Apache-2.0',
