@@ -5,9 +5,12 @@
 # (400x225 JPEGs, `--with_cam` infos) for the image-teacher and contrastive rows; the LiDAR files are the same bytes
 # as without cameras, so the LiDAR-only rows see the same data either way.
 #
-# Long: about 8 CPU-minutes per (row, seed) with a pretraining, 9 rows x 3 seeds; two runs at a time on 2 cores
-# take ~2 hours. Resumable: finished (row, seed) runs are kept under output/ablation and skipped on a rerun.
+# Long: about 8 CPU-minutes per (row, seed) with a GPICTURE pretraining (the contrastive row about 20), 11 rows x 3
+# seeds; two runs at a time on 2 cores take ~3 hours. Resumable: finished (row, seed) runs are kept under
+# output/ablation and skipped on a rerun. The camera comparison alone (docs/GPICTURE.md "Camera pretexts"):
+#   PCDET_ABLATION_ROWS="scratch image_teacher contrastive" PCDET_ABLATION_OUT=gpicture_ablation_camera bash $0
 # Knobs: PCDET_ABLATION_ROWS (default: all), PCDET_ABLATION_SEEDS ("0 1 2"), PCDET_ABLATION_JOBS (2),
+# PCDET_ABLATION_OUT (gpicture_ablation: docs/<OUT>.md and docs/images/<OUT>.png),
 # PCDET_ABLATION_FINETUNE_EPOCHS (60), PCDET_ABLATION_PRETRAIN_EPOCHS (16), PCDET_ABLATION_TASKS ("detection"; with
 # "segmentation occupancy" the same pretrainings are fine-tuned for those tasks, docs/SEGMENTATION_OCCUPANCY.md).
 set -euo pipefail
@@ -31,4 +34,4 @@ read -r -a TASKS <<< "${PCDET_ABLATION_TASKS:-detection}"
 python tools/ablate_gpicture.py --data_path "$DATA_PATH" --version "$VERSION" "${ROWS[@]}" --seeds "${SEEDS[@]}" --tasks "${TASKS[@]}" \
   --jobs "${PCDET_ABLATION_JOBS:-2}" --pretrain_epochs "${PCDET_ABLATION_PRETRAIN_EPOCHS:-16}" \
   --finetune_epochs "${PCDET_ABLATION_FINETUNE_EPOCHS:-60}" --output_root output/ablation \
-  --out_md docs/gpicture_ablation.md --out_png docs/images/gpicture_ablation.png
+  --out_md "docs/${PCDET_ABLATION_OUT:-gpicture_ablation}.md" --out_png "docs/images/${PCDET_ABLATION_OUT:-gpicture_ablation}.png"
