@@ -158,6 +158,18 @@ def test_missing_camera_image_names_the_file(data_path, synthetic_nuscenes_versi
         moved.rename(image)
 
 
+def test_infos_without_cameras_are_refused_before_anything_is_written(synthetic_nuscenes_data_path,
+                                                                       synthetic_nuscenes_version, tmp_path):
+    """The session's LiDAR-only infos (made without --with_cam): prepare names the first frame and the flag, and
+    leaves no feature folder behind."""
+    features = tmp_path / 'features'
+    cfg = nuscenes_cfg(synthetic_nuscenes_data_path, synthetic_nuscenes_version, max_sweeps=3,
+                       **dict(TEACHER, FEATURE_DIR=str(features)))
+    with pytest.raises(KeyError, match=r'\.pcd\.bin.*--with_cam'):
+        prepare_teacher_features(cfg, 'train', num_sweeps=2, limit=2, progress=False)
+    assert not features.exists()
+
+
 def test_gpicture_pretrains_from_the_image_features(data_path, synthetic_nuscenes_version):
     """The shipped image-teacher pretraining config: its dataset reads these features (prepared with its own teacher
     block) and one GPICTURE training step runs on a collated batch (superpixel ids reach the model as int64)."""

@@ -118,13 +118,19 @@ def load_camera_view(root, name, cam):
     return CameraView(name, path, image, intrinsics, lidar_to_camera_matrix(rotation, translation))
 
 
-def load_camera_views(root, info, channels=None):
-    """[CameraView] of the key frame `info` (all channels of info['cams'], or `channels` in that order).
-    An info without 'cams' raises KeyError naming its LiDAR file and the --with_cam hint."""
+def require_cams(info):
+    """info['cams'] of a key-frame info; KeyError naming its LiDAR file and the --with_cam hint when it has none."""
     cams = info.get('cams')
     if not cams:
         raise KeyError(f'info of {info.get("lidar_path", "?")} has no camera entries (info["cams"]); '
                        f'{WITH_CAM_HINT}')
+    return cams
+
+
+def load_camera_views(root, info, channels=None):
+    """[CameraView] of the key frame `info` (all channels of info['cams'], or `channels` in that order).
+    An info without 'cams' raises KeyError naming its LiDAR file and the --with_cam hint."""
+    cams = require_cams(info)
     names = ordered_channels(cams) if channels is None else list(channels)
     missing = [name for name in names if name not in cams]
     if missing:

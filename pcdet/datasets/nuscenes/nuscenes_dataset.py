@@ -302,10 +302,11 @@ class NuScenesDataset(DatasetTemplate):
         sweep_indices = list(self.draw_sweep_indices(stored_sweeps, num_sweeps))
         parts, raw_rows = load_point_parts(self.root_path, info, sweep_indices, return_raw_rows=True,
                                            nonfinite=self.nonfinite_points)
+        part_indices = [0] + [1 + k for k in sweep_indices]
         part_features = feature_store.join_part_features(
-            path, features, part_sizes, [0] + [1 + k for k in sweep_indices], [len(part) for part in parts],
+            path, features, part_sizes, part_indices, [len(part) for part in parts],
             [info['lidar_path']] + [info['sweeps'][k]['lidar_path'] for k in sweep_indices])
-        part_indices = [0] + [1 + k for k in sweep_indices]  # extra arrays (superpixel ids): rows as the features
+        # extra arrays (superpixel ids) have the features' rows: the same parts, checked by the join above
         columns = [feature_store.select_parts(extras[0][name], part_sizes, part_indices).astype(np.float32)[:, None]
                    for name in self.teacher_extra_arrays]
         points = np.concatenate([np.concatenate(parts, axis=0), part_features] + columns, axis=1)

@@ -10,8 +10,9 @@ Per part (`__call__`; all parts are in the key-frame LiDAR frame, so sweeps are 
     those cameras and L2-normalised.
 
 Validity flag: a point no camera sees gets an all-zero row. Seen points have unit rows, so "all zero" is the flag
-DSVT_MAE's `teacher_point_validity` reads (no separate column is stored). A seen point whose averaged feature is
-exactly zero (not met with real networks) would read as unseen, which is the right meaning for "no information".
+DSVT_MAE and the contrastive model read (`models.pretraining.point_groups.teacher_point_validity`; no separate column
+is stored). A seen point whose averaged feature is exactly zero (not met with real networks) would read as unseen,
+which is the right meaning for "no information".
 
 Sampling (`feature_map_coordinates`, `sample_feature_map`): a pixel coordinate u (integers = pixel centres, the
 devkit convention) maps to the feature-map coordinate x = (u + 0.5) * w / W - 0.5, clamped to [0, w - 1], sampled

@@ -105,11 +105,9 @@ class NuScenesFrames:
 
     def check_cameras(self, frames):
         """KeyError naming the first info without camera entries (infos made without --with_cam), before any work."""
-        from ..nuscenes.cameras import WITH_CAM_HINT
+        from ..nuscenes.cameras import require_cams
         for _, info in frames:
-            if not info.get('cams'):
-                raise KeyError(f'the camera teacher needs camera images, but the info of {info["lidar_path"]} has no '
-                               f'camera entries (info["cams"]); {WITH_CAM_HINT}')
+            require_cams(info)
 
     def load_cameras(self, info):
         from ..nuscenes.cameras import load_camera_views

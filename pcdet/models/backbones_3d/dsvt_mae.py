@@ -28,7 +28,7 @@ import torch
 
 from ...config_schema import Schema, check_block
 from ..pretraining.i2mask import DEFAULT_I2MASK_CFG, i2mask_batch, read_i2mask_cfg
-from ..pretraining.point_groups import voxel_mean_features
+from ..pretraining.point_groups import teacher_point_validity, voxel_mean_features
 from .dsvt import DSVT
 
 # DSVT_MAE's own MASK_CONFIG keys plus the I²Mask keys (defaults and checks from `pretraining.i2mask`).
@@ -50,12 +50,6 @@ def resolve_mask_config(model_cfg):
     if cfg['TYPE'] not in MASK_TYPES:
         raise ValueError(f'BACKBONE_3D.MASK_CONFIG.TYPE {cfg["TYPE"]!r}: expected one of {list(MASK_TYPES)}')
     return cfg
-
-
-def teacher_point_validity(point_features):
-    """(P,) bool: the point has a teacher feature, i.e. its row is finite and not all zero. Only such points enter
-    the voxel mean, so a voxel's target is not diluted by points without a feature (and a NaN row never spreads)."""
-    return torch.isfinite(point_features).all(dim=1) & (point_features != 0).any(dim=1)
 
 
 def compose_pooling_maps(voxel_index, pooling_maps):

@@ -165,9 +165,9 @@ class ContrastivePretrain(Detector3DTemplate):
     @staticmethod
     def point_features(batch_dict):
         """(P_kept, C) encoder feature of each kept point (rows of `point_in_grid_mask`): its voxel's output token."""
-        index = batch_dict['point_voxel_index'].long()
-        for mapping in batch_dict['dsvt_pooling_maps']:
-            index = mapping.long()[index]
+        from ..backbones_3d.dsvt_mae import compose_pooling_maps
+        index = compose_pooling_maps(batch_dict['point_voxel_index'].long(),
+                                     [mapping.long() for mapping in batch_dict['dsvt_pooling_maps']])
         return batch_dict['voxel_features'][index]
 
     def global_features(self, batch_dict):
@@ -209,6 +209,7 @@ class ContrastivePretrain(Detector3DTemplate):
     def _cross_modal_losses(self, batch_dict, points, tb_dict):
         """The weighted point-to-pixel and superpoint-to-superpixel terms (those with weight > 0)."""
         from ..pretraining import contrastive as C
+        from ..pretraining.point_groups import teacher_point_validity
         if 'point_teacher_features' not in batch_dict:
             raise KeyError('point_teacher_features: the point-to-pixel / superpixel losses need the per-point 2-D '
                            'features; enable DATA_CONFIG.TEACHER_FEATURES (image_projection) or set '
@@ -220,7 +221,7 @@ class ContrastivePretrain(Detector3DTemplate):
                              'DATA_CONFIG.TEACHER_FEATURES.NUM_FEATURES')
         kept = batch_dict['point_in_grid_mask']
         teacher = batch_dict['point_teacher_features'][kept].to(points.dtype)
-        valid = C.teacher_validity(teacher)
+        valid = teacher_point_validity(teacher)
         batch_index = points[kept, 0].long()
         encoder = self.point_features(batch_dict)
         losses = []

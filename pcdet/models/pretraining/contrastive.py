@@ -1,6 +1,7 @@
 """Contrastive pretraining pure functions (docs/CONTRASTIVE.md): InfoNCE, NT-Xent, superpixel pooling, per-frame
-sampling of valid points and the second augmented view of a point cloud. Pure PyTorch; every function follows its
-inputs' device and draws its randomness from torch's global generator (so `--fix_random_seed` reproduces it).
+sampling of valid points (validity: `point_groups.teacher_point_validity`, shared with GPICTURE) and the second
+augmented view of a point cloud. Pure PyTorch; every function follows its inputs' device and draws its randomness
+from torch's global generator (so `--fix_random_seed` reproduces it).
 
     info_nce(anchors (N, D), candidates (N, D), temperature) -> scalar
         row i of `candidates` is the positive of anchor i, the other rows its negatives (SLidR / PPKT, one direction)
@@ -11,7 +12,6 @@ inputs' device and draws its randomness from torch's global generator (so `--fix
     segment_mean(features (P, D), segment (P,), num_segments) -> (S, D)
     superpixel_pool(features (P, D), batch_index, superpixel_ids) -> ((S, D) means, (S, 2) keys)
     sample_per_frame(valid (P,) bool, batch_index (P,), max_per_frame) -> (M,) long row indices
-    teacher_validity(teacher_features (P, F)) -> (P,) bool (finite and not all-zero)
     augment_view(points (P, 1 + C), batch_size, ...) -> (P, 1 + C): per-sample flip, z rotation, scaling + jitter
 """
 import math
@@ -97,13 +97,6 @@ def superpixel_pool(features, batch_index, superpixel_ids):
     """Mean of `features` (P, D) per (frame, superpixel id) -> ((S, D) means, (S, 2) keys [b, id])."""
     segment, keys = superpixel_groups(batch_index, superpixel_ids)
     return segment_mean(features, segment, keys.shape[0]), keys
-
-
-def teacher_validity(teacher_features):
-    """(P,) bool: a teacher row is valid when it is finite and not all zero (the teachers' "no feature" marker)."""
-    finite = torch.isfinite(teacher_features).all(dim=1)
-    nonzero = (torch.nan_to_num(teacher_features) != 0).any(dim=1)
-    return finite & nonzero
 
 
 def sample_per_frame(valid, batch_index, max_per_frame):

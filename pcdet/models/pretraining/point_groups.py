@@ -4,12 +4,20 @@
 `max_points` members of each voxel in input order, and fill the remaining slots cyclically (slot i -> member
 i mod count). The CUDA op takes members in arbitrary (atomic) order; here the order is the input order, so the
 result is deterministic. `voxel_mean_features` is the per-voxel Seal target `t_v = mean_{p∈v} s_p`.
+`teacher_point_validity` says which teacher rows are features at all (the pretexts' shared "no feature" rule).
 
 Both accept point->voxel indices < 0 for points that belong to no voxel (dropped by the VFE); such points are
 ignored. Indices >= num_voxels raise.
 """
 import torch
 import torch.nn.functional as F
+
+
+def teacher_point_validity(point_features):
+    """(P,) bool: the point has a teacher feature, i.e. its row is finite and not all zero (the teachers' "no feature"
+    marker, e.g. the image teacher's rows of points no camera sees). Only such points enter the voxel mean, so a
+    voxel's target is not diluted by points without a feature (and a NaN row never spreads)."""
+    return torch.isfinite(point_features).all(dim=1) & (point_features != 0).any(dim=1)
 
 
 def _check_index(point_voxel_index, num_points, num_voxels, name):

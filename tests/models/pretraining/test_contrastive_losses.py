@@ -13,8 +13,8 @@ from pcdet.models.pretraining.contrastive import (
     sample_per_frame,
     superpixel_groups,
     superpixel_pool,
-    teacher_validity,
 )
+from pcdet.models.pretraining.point_groups import teacher_point_validity
 
 
 def _unit(v):
@@ -123,7 +123,7 @@ def test_superpixel_pool_without_any_superpixel():
 
 def test_teacher_validity_marks_zero_and_nan_rows():
     feats = torch.tensor([[0.0, 0.0], [0.0, 1e-3], [float('nan'), 1.0], [1.0, -1.0]])
-    assert teacher_validity(feats).tolist() == [False, True, False, True]
+    assert teacher_point_validity(feats).tolist() == [False, True, False, True]
 
 
 def test_sample_per_frame_caps_each_frame_and_keeps_valid_rows():
