@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+# The six channels of nuscenes_utils.CAMERA_CHANNELS (the infos keep upstream's order) in rig order, clockwise from
+# CAM_FRONT: this order numbers the cameras of a frame (camera index of the image teacher's superpixel ids).
 CAMERA_CHANNELS = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_BACK_RIGHT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_FRONT_LEFT')
 # pixels: round-off of a point on an edge pixel's ray must not flip it to unseen (sampling clamps to the edge)
 EDGE_TOLERANCE = 1e-6

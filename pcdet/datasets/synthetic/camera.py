@@ -20,7 +20,6 @@ from . import catalog
 from .geometry import rotation_matrix_from_rpy
 from .raycast import ground_depth, primitive_frames, ray_box, ray_ellipsoid
 
-CAMERA_CHANNELS = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_BACK_RIGHT', 'CAM_BACK', 'CAM_BACK_LEFT', 'CAM_FRONT_LEFT')
 FULL_RESOLUTION = (1600, 900)  # (width, height) of the real nuScenes cameras
 NO_SEMANTIC = 255  # semantic value of sky / no hit
 
