@@ -56,9 +56,13 @@ def assert_encoder_loads_fully(ckpt, output_root, data_set, env, log_path):
         f'the encoder of {ckpt} did not fully load (log {log_path})'
 
 
-def intra_modal_loss_on_fixed_frames(data_path, steps=40, window=8):
+def intra_modal_loss_on_fixed_frames(data_path, steps=60, held_views=16, factor=0.85):
     """The contrastive model with only the intra-modal term, Adam on one fixed batch of 4 real training frames (a new
-    random second view every step): its NT-Xent ends below 0.8 x where it starts. -> (first, last) window means."""
+    random second view every step). Its NT-Xent is measured before and after training on the same `held_views`
+    second views (drawn from a fixed seed, no gradient), so the comparison sees the model change and not the draw of
+    the views; the per-step training values of a 4-cloud batch swing by ~0.3 nats, which made a first-vs-last window
+    comparison pass or fail with the thread count. Over 8 initialisations the held-out ratio after/before was
+    0.13-0.67 (2026-12-06); a bar of `factor` = 0.85 keeps a margin. -> (before, after)."""
     import copy
 
     import torch
@@ -78,17 +82,26 @@ def intra_modal_loss_on_fixed_frames(data_path, steps=40, window=8):
     load_data_to_device(batch, torch.device('cpu'))
     model = build_network_from_cfg(cfg)
     model.train()
+
+    def held_out_loss():
+        training_rng = torch.get_rng_state()
+        torch.manual_seed(1234)  # the same second views before and after training
+        with torch.no_grad():
+            values = [float(model(copy.copy(batch))[1]['loss_intra']) for _ in range(held_views)]
+        torch.set_rng_state(training_rng)
+        return sum(values) / len(values)
+
+    before = held_out_loss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    values = []
     for _ in range(steps):
         optimizer.zero_grad()
-        loss, tb_dict, _ = model(copy.copy(batch))
+        loss, _, _ = model(copy.copy(batch))
         loss['loss'].backward()
         optimizer.step()
-        values.append(float(tb_dict['loss_intra']))
-    first, last = sum(values[:window]) / window, sum(values[-window:]) / window
-    assert last < 0.8 * first, f'intra-modal NT-Xent on fixed frames: {[round(v, 3) for v in values]}'
-    return first, last
+    after = held_out_loss()
+    assert after < factor * before, \
+        f'intra-modal NT-Xent on fixed frames and views: {before:.3f} before, {after:.3f} after {steps} steps'
+    return before, after
 
 
 @pytest.mark.slow

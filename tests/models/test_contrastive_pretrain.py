@@ -170,6 +170,25 @@ def test_intra_modal_term_is_nt_xent_of_the_two_views():
     assert model(copy.copy(batch))[0]['loss'].item() != pytest.approx(loss['loss'].item(), rel=1e-6)
 
 
+def test_an_identity_view_is_each_sample_itself():
+    """With every augmentation switched off the second view is the input, sample for sample: the two encoder runs
+    pool the same per-sample features, so each positive pair is a sample and its own view (a view assigned to the
+    wrong sample would pass the recomputation above, which groups by the view's own batch column)."""
+    cfg = load_cfg(p2p=0.0, superpixel=0.0)
+    cfg.MODEL.INTRA_MODAL.AUGMENTATION.update({'ROTATION': 0.0, 'SCALE_RANGE': [1.0, 1.0], 'FLIP_PROB': 0.0,
+                                               'JITTER_STD': 0.0})
+    torch.manual_seed(0)
+    model = build_network_from_cfg(cfg)
+    model.train()
+    outputs = []
+    model.backbone_3d.register_forward_hook(lambda m, a, out: outputs.append(
+        torch.stack([out['voxel_features'][out['voxel_coords'][:, 0] == b].max(0).values for b in range(3)])))
+    with torch.no_grad():
+        model(copy.copy(make_batch(batch_size=3)))
+    assert len(outputs) == 2 and not torch.equal(outputs[0][0], outputs[0][1])
+    torch.testing.assert_close(outputs[1], outputs[0])
+
+
 def test_each_loss_decreases_on_a_fixed_batch():
     """30 Adam steps: every term's mean over the last 5 steps is below its mean over the first 5."""
     model = build(seed=1)
