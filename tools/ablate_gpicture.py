@@ -35,6 +35,7 @@ CFG_DIR = REPO_ROOT / 'tools' / 'cfgs' / 'gpicture_models'
 PRETRAIN_CFG = CFG_DIR / 'gpicture_tiny_synthetic_pretrain.yaml'
 FINETUNE_CFG = CFG_DIR / 'gpicture_tiny_synthetic_finetune.yaml'
 CONTRASTIVE_CFG = REPO_ROOT / 'tools' / 'cfgs' / 'contrastive_models' / 'contrastive_tiny_synthetic_pretrain.yaml'
+RENDER_CFG = REPO_ROOT / 'tools' / 'cfgs' / 'gaussian_models' / 'gaussian_tiny_synthetic_pretrain.yaml'
 TEACHER = 'DATA_CONFIG.TEACHER_FEATURES.'
 HEAD = 'MODEL.DENSE_HEAD.'
 
@@ -72,9 +73,11 @@ ROWS = {
                          CFG_DIR / 'gpicture_tiny_synthetic_pretrain_image.yaml'),
     'contrastive': Row('contrastive pretraining: point-to-pixel + superpoint-to-superpixel InfoNCE on the image '
                        "teacher's features + CrossPoint NT-Xent", {}, CONTRASTIVE_CFG),
+    'render': Row('Gaussian rendering pretext: per-pillar Gaussians rendered into the cameras (RGB, LiDAR depth, '
+                  "the image teacher's features)", {}, RENDER_CFG),
 }
 
-CAMERA_ROWS = ('image_teacher', 'contrastive')
+CAMERA_ROWS = ('image_teacher', 'contrastive', 'render')
 
 
 def detection_metrics(eval_dir):
@@ -238,7 +241,8 @@ def prepare_teachers(opts):
     for row in opts.rows:
         if ROWS[row].overrides is not None:
             block = cfg_from_yaml_file(config_path(row, opts.output_root)).DATA_CONFIG.get('TEACHER_FEATURES')
-            needed.setdefault(json.dumps(block, sort_keys=True, default=str), row)
+            if block is not None:  # the rendering pretext runs its 2-D teacher itself
+                needed.setdefault(json.dumps(block, sort_keys=True, default=str), row)
     for row in needed.values():
         run([REPO_ROOT / 'tools' / 'prepare_seal_features.py', '--cfg_file', config_path(row, opts.output_root),
              '--split', 'train', '--quiet', '--set', *data_set(opts)], Path(opts.output_root) / f'teacher_{row}.log',

@@ -14,6 +14,7 @@ Rules by key (a key missing from the table is stacked with `np.stack`, so `frame
                                                          -> (sum N_i, ...) concatenated in batch order, so row r
         stays aligned with row r of the collated `points`
     gt_occupancy (X, Y, Z) uint8                         -> np.stack: (B, X, Y, Z)
+    camera_images, camera_intrinsics, camera_from_lidar, camera_depth (V, ...)  -> np.stack: (B, V, ...)
 Adds `batch_size` (= B, times the number of views when samples carry lists of views). A failure raises TypeError
 naming the key. `register_collate_rule(key, rule)` adds a rule for new per-sample keys.
 """
@@ -76,6 +77,8 @@ COLLATE_RULES = {
     'point_seg_labels': concatenate,
     'point_raw_index': concatenate,
     'gt_occupancy': lambda values: np.stack(values, axis=0),
+    **{key: (lambda values: np.stack(values, axis=0))
+       for key in ('camera_images', 'camera_intrinsics', 'camera_from_lidar', 'camera_depth')},
 }
 
 

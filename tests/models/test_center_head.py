@@ -69,7 +69,7 @@ GT_BOXES = torch.tensor([
 def test_registry_name():
     assert dense_head_registry['CenterHead'] is CenterHead
     assert set(dense_head_registry) == {'CenterHead', 'GPicturePretrainHead', 'SegHead', 'OccHead',
-                                       'TransFusionHead'}
+                                       'GaussianOccHead', 'TransFusionHead'}
 
 
 def test_gaussian_radius_is_upstream_formula():

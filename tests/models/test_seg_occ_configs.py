@@ -21,6 +21,7 @@ CFG_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs' / 'gpicture_mod
 PAIRS = [
     ('gpicture_tiny_synthetic_pretrain.yaml', 'gpicture_tiny_synthetic_segmentation.yaml'),
     ('gpicture_tiny_synthetic_pretrain.yaml', 'gpicture_tiny_synthetic_occupancy.yaml'),
+    ('gpicture_tiny_synthetic_pretrain.yaml', 'gpicture_tiny_synthetic_occupancy_gaussian.yaml'),  # GaussianOccHead
     ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_segmentation.yaml'),
     ('gpicture_nuscenes_pretrain.yaml', 'gpicture_nuscenes_occupancy.yaml'),
 ]

@@ -26,6 +26,10 @@ points (N', 5) + both (N',) int64; metadata adds lidar_token, lidar_path (absolu
 scene_token. Both: no boxes, no CBGS / gt_sampling (ConfigError), infos must carry lidar_token + scene_token
 (else InfoSchemaError: regenerate), label / occupancy files checked to exist when the dataset is built.
 
+Camera inputs (`CAMERA_INPUTS.ENABLED`, camera_inputs.py; infos made with --with_cam): camera_images (V, 3, h, w),
+camera_intrinsics (V, 3, 3), camera_from_lidar (V, 4, 4), camera_depth (V, h, w) from the key-frame points (time_lag
+0), all before augmentation (a model maps augmented points back with lidar_aug_matrix).
+
 Info files are validated on load (list of dicts with the required keys, `info_schema` marker if present, one
 gt_name per gt_box, enough sweeps for MAX_SWEEPS); a bad file raises InfoSchemaError naming it and saying to
 regenerate it. When the dataset is built, every key-frame LiDAR file and (MAX_SWEEPS > 1) every sweep file an info
@@ -59,6 +63,7 @@ from ..dataset import TASKS, DatasetTemplate, check_has_samples, check_matrix_or
 from ..prep_utils import InfoSchemaError, check_files_exist, load_pickle, resolve_cfg_file, validate_info_list  # noqa: F401
 from ..teachers import feature_store
 from . import occupancy
+from .camera_inputs import CAMERA_INPUTS_SCHEMA, camera_inputs, check_camera_inputs_cfg
 from .lidarseg import CHALLENGE_CLASSES, LidarsegLabels, UnlabelledLidarseg, num_points_in_file
 from .nuscenes_utils import INFO_SCHEMA, cams_problem, load_nusc, load_point_parts, resolve_data_path
 
@@ -153,6 +158,7 @@ class NuScenesDataset(DatasetTemplate):
         'OCC_PATH': 'nuScenes-Occupancy',   # occupancy GT root, relative to DATA_PATH/VERSION or absolute
         'OCC_GRID_SIZE': [512, 512, 40],    # occupancy grid (X, Y, Z), OpenOccupancy
         'OCC_POINT_CLOUD_RANGE': [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0],
+        'CAMERA_INPUTS': CAMERA_INPUTS_SCHEMA,
     })
     SUPPORTED_TASKS = TASKS
 
@@ -199,6 +205,8 @@ class NuScenesDataset(DatasetTemplate):
                               self._info_source(self.mode), 'occupancy files',
                               f'expected <OCC_PATH>/scene_<scene_token>/occupancy/<lidar_token>.npy with OCC_PATH '
                               f'{self.occ_root} (DATA_CONFIG.OCC_PATH, relative to DATA_PATH/VERSION or absolute)')
+        self.camera_inputs_cfg = CAMERA_INPUTS_SCHEMA.fill(schema.get(dataset_cfg, 'CAMERA_INPUTS'))
+        check_camera_inputs_cfg(self.camera_inputs_cfg)
         self.teacher_feature_root = None
         if self.teacher_cfg:
             self.teacher_feature_root = feature_store.feature_root(self.root_path, self.teacher_cfg)
@@ -326,6 +334,9 @@ class NuScenesDataset(DatasetTemplate):
             'frame_id': Path(info['lidar_path']).stem,
             'metadata': {'token': info['token']},
         }
+        if self.camera_inputs_cfg.ENABLED:
+            key_frame = input_dict['points'][input_dict['points'][:, 4] == 0, :3]  # time_lag 0
+            input_dict.update(camera_inputs(self.root_path, info, self.camera_inputs_cfg, key_frame))
         if self.task == 'segmentation':
             lidar_file = self.root_path / info['lidar_path']
             input_dict['metadata'].update(lidar_token=info['lidar_token'], lidar_path=os.path.abspath(lidar_file),

@@ -4,6 +4,7 @@ Constructor kwargs (spec §1.7): `model_cfg, input_channels, num_class, class_na
 predict_boxes_when_training, voxel_size`.
 """
 from .center_head import CenterHead
+from .gaussian_occ_head import GaussianOccHead
 from .gpicture_head import GPicturePretrainHead
 from .occ_head import OccHead
 from .seg_head import SegHead
@@ -14,5 +15,6 @@ __all__ = {
     'GPicturePretrainHead': GPicturePretrainHead,
     'SegHead': SegHead,
     'OccHead': OccHead,
+    'GaussianOccHead': GaussianOccHead,
     'TransFusionHead': TransFusionHead,
 }

@@ -39,6 +39,7 @@ from torch import nn
 
 from ...config_schema import Schema, check_block
 from ..detectors.detector3d_template import DENSE_HEAD_BASE_SCHEMA
+from ..model_utils.gaussian_params import voxel_centers
 from ..pretraining.chamfer import masked_chamfer_distance
 from ..pretraining.point_groups import group_points_per_voxel
 
@@ -81,12 +82,6 @@ def fixed_beta_override_message(stored_beta, fixed_beta):
         return None
     return (f'DENSE_HEAD.DGPL.FIXED_BETA = {fixed_beta} overrides the checkpoint\'s dgpl_beta = {stored_beta:.6g}: '
             f'training continues with beta = {fixed_beta}')
-
-
-def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
-    """Metric centres (N, 3) [x, y, z] of voxels with coords (N, 4) [b, z, y, x]."""
-    xyz_index = voxel_coords[:, [3, 2, 1]].to(voxel_size.dtype)
-    return (xyz_index + 0.5) * voxel_size + point_cloud_range[:3]
 
 
 class GPicturePretrainHead(nn.Module):

@@ -27,6 +27,10 @@ forward(batch_dict):
     writes occ_logits (B, 17, X, Y, Z)
 get_loss() -> (loss, tb_dict {loss_occ, loss_ce, loss_sem_scal, loss_geo_scal, loss_lovasz})
 get_predictions(batch_dict) -> list (B) of {'occ_pred': (*FINAL_OCC_SIZE) uint8}
+
+The grids, the GT down-sampling, the loss and the predictions live in `OccupancyHeadTemplate` (schema
+`OCC_HEAD_COMMON_SCHEMA`), shared with the Gaussian read-out `GaussianOccHead` (gaussian_occ_head.py); a head only
+implements `predict_logits(batch_dict, batch_size) -> (B, 17, X, Y, Z)`.
 """
 import numpy as np
 import torch
@@ -83,38 +87,41 @@ def conv_bn_relu(in_channels, out_channels, kernel_size):
             nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)]
 
 
-class OccHead(nn.Module):
-    CONFIG_SCHEMA = DENSE_HEAD_BASE_SCHEMA.extend('MODEL.DENSE_HEAD (OccHead)', {
-        'OUTPUT_GRID': [128, 128, 10],              # coarse logits grid (x, y, z)
-        'FINAL_OCC_SIZE': [512, 512, 40],           # GT / prediction grid (DATA_CONFIG.OCC_GRID_SIZE)
-        'OCC_POINT_CLOUD_RANGE': [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0],   # must equal POINT_CLOUD_RANGE
-        'LEVEL_CHANNELS': 256,
-        'NUM_3D_CONVS': 1,                          # 3x3x3 conv + BN + ReLU per level (0: none)
-        'CONV_CHANNELS': 128,                       # width of the per-level convs (= the fused width)
-        'SOFT_WEIGHTS': True,
-        'HIDDEN_CHANNELS': 64,
-        'EMPTY_IDX': 0,
-        'IGNORE_INDEX': 255,
-        'CLASS_WEIGHTS': 'openoccupancy',           # openoccupancy | uniform | list of 17 weights
-        'LOSS_WEIGHTS': OCC_LOSS_WEIGHTS_SCHEMA,
-        'PRED_CHUNK': 32,                           # output x-slices per up-sampling chunk
-    })
+OCC_HEAD_COMMON_SCHEMA = DENSE_HEAD_BASE_SCHEMA.extend('MODEL.DENSE_HEAD (occupancy)', {
+    'OUTPUT_GRID': [128, 128, 10],              # coarse logits grid (x, y, z)
+    'FINAL_OCC_SIZE': [512, 512, 40],           # GT / prediction grid (DATA_CONFIG.OCC_GRID_SIZE)
+    'OCC_POINT_CLOUD_RANGE': [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0],   # must equal POINT_CLOUD_RANGE
+    'EMPTY_IDX': 0,
+    'IGNORE_INDEX': 255,
+    'CLASS_WEIGHTS': 'openoccupancy',           # openoccupancy | uniform | list of 17 weights
+    'LOSS_WEIGHTS': OCC_LOSS_WEIGHTS_SCHEMA,
+    'PRED_CHUNK': 32,                           # output x-slices per up-sampling chunk
+})
 
-    def __init__(self, model_cfg, input_channels, num_class, class_names, grid_size, point_cloud_range, voxel_size,
-                 encoder_stages=None, **kwargs):
+
+class OccupancyHeadTemplate(nn.Module):
+    """What every occupancy head shares (the grids, the GT down-sampling, the loss and the predictions of the
+    module docstring); a subclass builds its layers after `super().__init__` and implements
+    `predict_logits(batch_dict, batch_size) -> (B, 17, *OUTPUT_GRID)`. Its CONFIG_SCHEMA extends
+    OCC_HEAD_COMMON_SCHEMA."""
+
+    CONFIG_SCHEMA = OCC_HEAD_COMMON_SCHEMA
+
+    def __init__(self, model_cfg, num_class, class_names, point_cloud_range):
         super().__init__()
-        schema = self.CONFIG_SCHEMA
+        schema, name = self.CONFIG_SCHEMA, type(self).__name__
         self.model_cfg = model_cfg
-        check_class_names(class_names, num_class, 'OccHead')
+        check_class_names(class_names, num_class, name)
         self.num_outputs = int(num_class) + 1
         self.output_grid = [int(v) for v in schema.get(model_cfg, 'OUTPUT_GRID')]
         self.final_size = [int(v) for v in schema.get(model_cfg, 'FINAL_OCC_SIZE')]
         occ_range = [float(v) for v in schema.get(model_cfg, 'OCC_POINT_CLOUD_RANGE')]
         if not np.allclose(occ_range, [float(v) for v in point_cloud_range], atol=1e-4):
-            raise ValueError(f'OccHead: DATA_CONFIG.POINT_CLOUD_RANGE {list(point_cloud_range)} must equal the '
+            raise ValueError(f'{name}: DATA_CONFIG.POINT_CLOUD_RANGE {list(point_cloud_range)} must equal the '
                              f'occupancy range DENSE_HEAD.OCC_POINT_CLOUD_RANGE {occ_range}')
+        self.occ_range = occ_range
         if any(f % o for f, o in zip(self.final_size, self.output_grid)):
-            raise ValueError(f'OccHead: FINAL_OCC_SIZE {self.final_size} is not a multiple of OUTPUT_GRID '
+            raise ValueError(f'{name}: FINAL_OCC_SIZE {self.final_size} is not a multiple of OUTPUT_GRID '
                              f'{self.output_grid}')
         self.gt_ratio = [f // o for f, o in zip(self.final_size, self.output_grid)]
         self.empty_index = int(schema.get(model_cfg, 'EMPTY_IDX'))
@@ -124,7 +131,69 @@ class OccHead(nn.Module):
                                        'DENSE_HEAD.LOSS_WEIGHTS')
         self.register_buffer('class_weights', self._class_weights(schema.get(model_cfg, 'CLASS_WEIGHTS')),
                              persistent=False)
+        self.forward_ret_dict = {}
 
+    def _class_weights(self, spec):
+        if isinstance(spec, str) and spec == 'openoccupancy':
+            weights = openoccupancy_class_weights()
+        elif isinstance(spec, str) and spec == 'uniform':
+            weights = torch.ones(self.num_outputs)
+        elif isinstance(spec, (list, tuple)) and len(spec) == self.num_outputs:
+            weights = torch.tensor([float(v) for v in spec])
+        else:
+            raise ValueError(f'DENSE_HEAD.CLASS_WEIGHTS {spec!r}: expected openoccupancy, uniform or a list of '
+                             f'{self.num_outputs} weights')
+        if len(weights) != self.num_outputs:
+            raise ValueError(f'DENSE_HEAD.CLASS_WEIGHTS has {len(weights)} entries, the head predicts '
+                             f'{self.num_outputs} classes')
+        return weights
+
+    def forward(self, batch_dict):
+        batch_size = int(batch_dict['batch_size'])
+        logits = self.predict_logits(batch_dict, batch_size)
+        batch_dict['occ_logits'] = logits
+        if self.training:
+            if 'gt_occupancy' not in batch_dict:
+                raise KeyError(f'{type(self).__name__} (training) needs batch_dict["gt_occupancy"] '
+                               '(B, 512, 512, 40): set DATA_CONFIG.TASK: occupancy')
+            gt = batch_dict['gt_occupancy']
+            expected = (batch_size, *self.final_size)
+            if tuple(gt.shape) != expected:
+                raise ValueError(f'gt_occupancy has shape {tuple(gt.shape)}, expected {expected} '
+                                 '(DENSE_HEAD.FINAL_OCC_SIZE)')
+            with torch.no_grad():
+                target = downsample_occupancy_labels(gt, self.gt_ratio, self.num_outputs, self.ignore_index,
+                                                     self.empty_index)
+            self.forward_ret_dict = {'logits': logits, 'target': target}
+        return batch_dict
+
+    def get_loss(self):
+        logits, target = self.forward_ret_dict['logits'].float(), self.forward_ret_dict['target']
+        terms = occupancy_losses(logits, target, self.class_weights, self.ignore_index, self.empty_index)
+        weights = {'ce': 'CE', 'sem_scal': 'SEM_SCAL', 'geo_scal': 'GEO_SCAL', 'lovasz': 'LOVASZ'}
+        loss = sum(self.loss_weights[weights[name]] * value for name, value in terms.items())
+        tb_dict = {'loss_occ': loss.detach(), **{f'loss_{name}': value.detach() for name, value in terms.items()}}
+        return loss, tb_dict
+
+    def get_predictions(self, batch_dict):
+        logits = batch_dict['occ_logits'].detach().float()
+        return [{'occ_pred': upsample_argmax(logits[b], self.final_size, self.pred_chunk)}
+                for b in range(logits.shape[0])]
+
+
+class OccHead(OccupancyHeadTemplate):
+    CONFIG_SCHEMA = OCC_HEAD_COMMON_SCHEMA.extend('MODEL.DENSE_HEAD (OccHead)', {
+        'LEVEL_CHANNELS': 256,
+        'NUM_3D_CONVS': 1,                          # 3x3x3 conv + BN + ReLU per level (0: none)
+        'CONV_CHANNELS': 128,                       # width of the per-level convs (= the fused width)
+        'SOFT_WEIGHTS': True,
+        'HIDDEN_CHANNELS': 64,
+    })
+
+    def __init__(self, model_cfg, input_channels, num_class, class_names, grid_size, point_cloud_range, voxel_size,
+                 encoder_stages=None, **kwargs):
+        super().__init__(model_cfg, num_class, class_names, point_cloud_range)
+        schema = self.CONFIG_SCHEMA
         self.stages = encoder_stage_list(encoder_stages, input_channels, grid_size)
         self.level_geometry = [self._level_geometry(s, shape) for s, (_, shape) in enumerate(self.stages)]
         level_channels = int(schema.get(model_cfg, 'LEVEL_CHANNELS'))
@@ -146,22 +215,6 @@ class OccHead(nn.Module):
                                               nn.Conv3d(max(fused // 2, 1), len(self.stages), 1))
         hidden = int(schema.get(model_cfg, 'HIDDEN_CHANNELS'))
         self.occ_pred_conv = nn.Sequential(*conv_bn_relu(fused, hidden, 1), nn.Conv3d(hidden, self.num_outputs, 1))
-        self.forward_ret_dict = {}
-
-    def _class_weights(self, spec):
-        if isinstance(spec, str) and spec == 'openoccupancy':
-            weights = openoccupancy_class_weights()
-        elif isinstance(spec, str) and spec == 'uniform':
-            weights = torch.ones(self.num_outputs)
-        elif isinstance(spec, (list, tuple)) and len(spec) == self.num_outputs:
-            weights = torch.tensor([float(v) for v in spec])
-        else:
-            raise ValueError(f'DENSE_HEAD.CLASS_WEIGHTS {spec!r}: expected openoccupancy, uniform or a list of '
-                             f'{self.num_outputs} weights')
-        if len(weights) != self.num_outputs:
-            raise ValueError(f'DENSE_HEAD.CLASS_WEIGHTS has {len(weights)} entries, the head predicts '
-                             f'{self.num_outputs} classes')
-        return weights
 
     def _level_geometry(self, stage, shape):
         """(fx, fy, fz, k): pool factors of the stage grid onto OUTPUT_GRID and the height lift factor."""
@@ -194,8 +247,8 @@ class OccHead(nn.Module):
         volume = volume.index_put((b, x, y, z), lifted)
         return volume.view(batch_size, ox, oy, oz, self.level_channels).permute(0, 4, 1, 2, 3).contiguous()
 
-    def forward(self, batch_dict):
-        batch_size = int(batch_dict['batch_size'])
+    def predict_logits(self, batch_dict, batch_size):
+        """(B, 17, X, Y, Z) coarse logits from the encoder stages (module docstring)."""
         features, coords, _ = stage_outputs(batch_dict, len(self.stages), 'OccHead')
         levels = [self.level_convs[s](self.densify(s, features[s], coords[s], batch_size))
                   for s in range(len(self.stages))]
@@ -206,32 +259,4 @@ class OccHead(nn.Module):
             fused = sum(level * weights[:, i:i + 1] for i, level in enumerate(levels))
         else:
             fused = sum(levels)
-        logits = self.occ_pred_conv(fused)
-        batch_dict['occ_logits'] = logits
-        if self.training:
-            if 'gt_occupancy' not in batch_dict:
-                raise KeyError('OccHead (training) needs batch_dict["gt_occupancy"] (B, 512, 512, 40): set '
-                               'DATA_CONFIG.TASK: occupancy')
-            gt = batch_dict['gt_occupancy']
-            expected = (batch_size, *self.final_size)
-            if tuple(gt.shape) != expected:
-                raise ValueError(f'gt_occupancy has shape {tuple(gt.shape)}, expected {expected} '
-                                 '(DENSE_HEAD.FINAL_OCC_SIZE)')
-            with torch.no_grad():
-                target = downsample_occupancy_labels(gt, self.gt_ratio, self.num_outputs, self.ignore_index,
-                                                     self.empty_index)
-            self.forward_ret_dict = {'logits': logits, 'target': target}
-        return batch_dict
-
-    def get_loss(self):
-        logits, target = self.forward_ret_dict['logits'].float(), self.forward_ret_dict['target']
-        terms = occupancy_losses(logits, target, self.class_weights, self.ignore_index, self.empty_index)
-        weights = {'ce': 'CE', 'sem_scal': 'SEM_SCAL', 'geo_scal': 'GEO_SCAL', 'lovasz': 'LOVASZ'}
-        loss = sum(self.loss_weights[weights[name]] * value for name, value in terms.items())
-        tb_dict = {'loss_occ': loss.detach(), **{f'loss_{name}': value.detach() for name, value in terms.items()}}
-        return loss, tb_dict
-
-    def get_predictions(self, batch_dict):
-        logits = batch_dict['occ_logits'].detach().float()
-        return [{'occ_pred': upsample_argmax(logits[b], self.final_size, self.pred_chunk)}
-                for b in range(logits.shape[0])]
+        return self.occ_pred_conv(fused)

@@ -6,6 +6,7 @@ Every detector takes `(model_cfg, num_class, dataset)` where `dataset` is a data
 from .centerpoint import CenterPoint
 from .contrastive import ContrastivePretrain
 from .detector3d_template import Detector3DTemplate, ModelGeometry  # noqa: F401 (ModelGeometry: public)
+from .gaussian_render import GaussianRenderPretrain
 from .gpicture import GPICTURE
 from .task_models import OccupancyNet, Segmentor3D
 from .transfusion import TransFusion
@@ -15,6 +16,7 @@ __all__ = {
     'CenterPoint': CenterPoint,
     'GPICTURE': GPICTURE,
     'ContrastivePretrain': ContrastivePretrain,
+    'GaussianRenderPretrain': GaussianRenderPretrain,
     'Segmentor3D': Segmentor3D,
     'OccupancyNet': OccupancyNet,
     'TransFusion': TransFusion,

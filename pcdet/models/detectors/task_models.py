@@ -20,9 +20,10 @@ _REQUIRED_SLOTS = (('vfe', 'VFE'), ('backbone_3d', 'BACKBONE_3D'), ('dense_head'
 
 
 class DenseTaskModel(Detector3DTemplate):
-    """Shared body of the segmentation / occupancy models; subclasses name their head class in `HEAD_NAME`."""
+    """Shared body of the segmentation / occupancy models; subclasses name the head classes they take in
+    `HEAD_NAMES`."""
 
-    HEAD_NAME = None
+    HEAD_NAMES = ()
     CONFIG_SCHEMA = Detector3DTemplate.CONFIG_SCHEMA.extend('MODEL (dense task model)', {
         key: Select(slot_schema(slot), required=True) for slot, key in _REQUIRED_SLOTS})
 
@@ -32,8 +33,9 @@ class DenseTaskModel(Detector3DTemplate):
             if self.CONFIG_SCHEMA.get(model_cfg, key) is None:
                 raise KeyError(f'MODEL.{key} is required for {type(self).__name__}')
         head_name = self.CONFIG_SCHEMA.get(model_cfg, 'DENSE_HEAD').NAME
-        if head_name != self.HEAD_NAME:
-            raise ValueError(f'MODEL.DENSE_HEAD.NAME {head_name!r}: {type(self).__name__} uses {self.HEAD_NAME}')
+        if head_name not in self.HEAD_NAMES:
+            raise ValueError(f'MODEL.DENSE_HEAD.NAME {head_name!r}: {type(self).__name__} takes '
+                             f'{" or ".join(self.HEAD_NAMES)}')
         self.module_list = self.build_networks()
 
     def build_dense_head(self, model_info_dict):
@@ -64,12 +66,12 @@ class DenseTaskModel(Detector3DTemplate):
 class Segmentor3D(DenseTaskModel):
     """Per-point semantic segmentation (`SegHead`)."""
 
-    HEAD_NAME = 'SegHead'
+    HEAD_NAMES = ('SegHead',)
     CONFIG_SCHEMA = DenseTaskModel.CONFIG_SCHEMA.extend('MODEL (Segmentor3D)', {})
 
 
 class OccupancyNet(DenseTaskModel):
-    """Semantic occupancy on a coarse 3-D grid, evaluated at the GT resolution (`OccHead`)."""
+    """Semantic occupancy on a coarse 3-D grid, evaluated at the GT resolution (`OccHead` or `GaussianOccHead`)."""
 
-    HEAD_NAME = 'OccHead'
+    HEAD_NAMES = ('OccHead', 'GaussianOccHead')  # dense or Gaussian read-out, same loss and predictions
     CONFIG_SCHEMA = DenseTaskModel.CONFIG_SCHEMA.extend('MODEL (OccupancyNet)', {})

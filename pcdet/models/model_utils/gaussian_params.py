@@ -1,0 +1,85 @@
+"""Per-voxel 3-D Gaussians from encoder voxel features (the Gaussian head of GaussTR / GaussianCross, shared by the
+rendering pretext `GaussianRenderPretrain` and the occupancy read-out `GaussianOccHead`).
+
+Each encoder voxel predicts K Gaussians with a Linear -> ReLU MLP and one Linear to K x (3 + 3 + 4 + 1 + E) raw
+numbers, mapped to:
+    mean     = voxel centre + tanh(raw) * half voxel extent      (inside the voxel; a pillar spans its whole height)
+    scale    = MIN + (MAX - MIN) * sigmoid(raw)                   (metres, per local axis; bounded so a Gaussian's
+                                                                 footprint and its voxel neighbourhood stay bounded)
+    quat     = raw + (1, 0, 0, 0)                                 ((w, x, y, z); identity at zero output, normalised
+                                                                 by the projection)
+    opacity  = sigmoid(raw + OPACITY_BIAS)
+    values   = raw (E channels: RGB logits, features, class logits ... as the caller splits them)
+Row r * K + k of every output is Gaussian k of voxel r (`source_voxel` = r).
+
+    voxel_centers(voxel_coords (N, 4) [b, z, y, x], voxel_size (3,), point_cloud_range (6,)) -> (N, 3)
+    GaussianParamHead(in_channels, num_values, voxel_size, ...)(voxel_features (N, C), centres (N, 3)) -> dict
+"""
+import torch
+from torch import nn
+
+from ...config import ConfigError
+from ...config_schema import Schema
+
+GAUSSIAN_PARAMS_SCHEMA = Schema('GAUSSIANS', {
+    'PER_VOXEL': 2,               # K Gaussians per encoder voxel
+    'HIDDEN': [64],               # MLP hidden widths
+    'SCALE_RANGE': [0.05, 1.0],   # metres, [MIN, MAX] of each axis' standard deviation
+    'OPACITY_BIAS': 0.0,          # added before the sigmoid (negative: start transparent)
+})
+
+
+def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
+    """Metric centres (N, 3) [x, y, z] of voxels with coords (N, 4) [b, z, y, x]."""
+    xyz_index = voxel_coords[:, [3, 2, 1]].to(voxel_size.dtype)
+    return (xyz_index + 0.5) * voxel_size + point_cloud_range[:3]
+
+
+def check_gaussian_config(cfg, where):
+    """ConfigError naming `where` (e.g. 'MODEL.DENSE_HEAD.GAUSSIANS') for a bad GAUSSIANS block."""
+    if int(cfg.PER_VOXEL) < 1:
+        raise ConfigError(f'{where}.PER_VOXEL must be >= 1, got {cfg.PER_VOXEL}')
+    low, high = (float(v) for v in cfg.SCALE_RANGE)
+    if not 0 < low < high:
+        raise ConfigError(f'{where}.SCALE_RANGE must be [MIN, MAX] with 0 < MIN < MAX metres, got '
+                          f'{list(cfg.SCALE_RANGE)}')
+
+
+class GaussianParamHead(nn.Module):
+    """K Gaussians per voxel (module docs). `voxel_extent` (3,) is the size of the voxel the mean may move in
+    (the encoder output voxel, e.g. a 0.8 x 0.8 x 8 m pillar)."""
+
+    def __init__(self, in_channels, num_values, voxel_extent, per_voxel=2, hidden=(64,), scale_range=(0.05, 1.0),
+                 opacity_bias=0.0):
+        super().__init__()
+        self.per_voxel, self.num_values = int(per_voxel), int(num_values)
+        self.scale_min, self.scale_max = (float(v) for v in scale_range)
+        self.opacity_bias = float(opacity_bias)
+        layers, width = [], int(in_channels)
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True)]
+            width = int(h)
+        self.mlp = nn.Sequential(*layers)
+        self.out = nn.Linear(width, self.per_voxel * (11 + self.num_values))
+        self.register_buffer('half_extent', torch.tensor([float(v) / 2 for v in voxel_extent]), persistent=False)
+        self.register_buffer('identity_quat', torch.tensor([1.0, 0.0, 0.0, 0.0]), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels, num_values, voxel_extent):
+        return cls(in_channels, num_values, voxel_extent, per_voxel=cfg.PER_VOXEL, hidden=cfg.HIDDEN,
+                   scale_range=cfg.SCALE_RANGE, opacity_bias=cfg.OPACITY_BIAS)
+
+    def forward(self, voxel_features, centres):
+        """Args: voxel_features (N, C); centres (N, 3). Returns {means (N K, 3), quats (N K, 4), scales (N K, 3),
+        opacities (N K,), values (N K, E), source_voxel (N K,) long}."""
+        raw = self.out(self.mlp(voxel_features)).reshape(-1, 11 + self.num_values)
+        source = torch.arange(voxel_features.shape[0], device=voxel_features.device).repeat_interleave(self.per_voxel)
+        half = self.half_extent.to(raw.dtype)
+        return {
+            'means': centres[source] + torch.tanh(raw[:, 0:3]) * half,
+            'scales': self.scale_min + (self.scale_max - self.scale_min) * torch.sigmoid(raw[:, 3:6]),
+            'quats': raw[:, 6:10] + self.identity_quat.to(raw.dtype),
+            'opacities': torch.sigmoid(raw[:, 10] + self.opacity_bias),
+            'values': raw[:, 11:],
+            'source_voxel': source,
+        }
