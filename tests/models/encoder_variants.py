@@ -1,4 +1,5 @@
-"""Encoder variants shared by the model tests (one definition, so the tests exercise the same 3-D grid)."""
+"""Encoder variants and the encoder-transfer check shared by the model tests (one definition, so the tests exercise
+the same 3-D grid and the same loading path)."""
 from easydict import EasyDict
 
 
@@ -21,3 +22,25 @@ def use_two_stage_voxel_encoder(cfg, reduction_type=None, drop_conv_out=False):
     if drop_conv_out:
         bb.pop('conv_out_channel')
     return cfg
+
+
+def assert_checkpoint_loads_whole_encoder(source_model, finetune_cfg_file, tmp_path):
+    """Save `source_model` as a pcdet checkpoint, build the fine-tune config (MIN_COVERAGE 1.0) with other weights
+    and load it with `--pretrained_model`'s loader: every `vfe.` / `backbone_3d.` tensor of the fine-tune model must
+    come from the checkpoint, with the same names, shapes and values."""
+    import torch
+
+    from pcdet.config import cfg_from_yaml_file
+    from pcdet.models.build import build_network_from_cfg
+    from pcdet.training.checkpointing import checkpoint_state, save_checkpoint
+    from pcdet.utils.checkpoint import load_pretrained_model
+    path = save_checkpoint(checkpoint_state(source_model, epoch=1, it=1), tmp_path / 'pretrained')
+    fine_cfg = cfg_from_yaml_file(str(finetune_cfg_file))
+    assert fine_cfg.MODEL.PRETRAINED_ENCODER.MIN_COVERAGE == 1.0
+    torch.manual_seed(6)
+    target = build_network_from_cfg(fine_cfg)
+    load_pretrained_model(target, path, fine_cfg.MODEL.PRETRAINED_ENCODER)
+    src, dst = source_model.state_dict(), target.state_dict()
+    encoder = [k for k in dst if k.startswith(('vfe.', 'backbone_3d.'))]
+    assert len(encoder) > 20 and {k for k in src if k.startswith(('vfe.', 'backbone_3d.'))} == set(encoder)
+    assert all(src[k].shape == dst[k].shape and torch.equal(src[k], dst[k]) for k in encoder)

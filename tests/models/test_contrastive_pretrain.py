@@ -15,10 +15,8 @@ from pcdet.config_registry import config_errors
 from pcdet.datasets.teachers import KNOWN_TEACHERS
 from pcdet.models.build import build_network_from_cfg
 from pcdet.models.pretraining.contrastive import info_nce, nt_xent, sample_per_frame, segment_mean, superpixel_groups
-from pcdet.training.checkpointing import checkpoint_state, save_checkpoint
-from pcdet.utils.checkpoint import load_pretrained_model
 
-from encoder_variants import use_two_stage_voxel_encoder
+from encoder_variants import assert_checkpoint_loads_whole_encoder, use_two_stage_voxel_encoder
 
 CFGS = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs'
 PRETRAIN = CFGS / 'contrastive_models' / 'contrastive_tiny_synthetic_pretrain.yaml'
@@ -280,14 +278,4 @@ def test_encoder_config_equals_the_finetune_encoder():
                                            'gpicture_tiny_synthetic_occupancy.yaml'])
 def test_checkpoint_loads_the_whole_encoder_into_every_tiny_finetune_model(finetune_name, tmp_path):
     """Detection, segmentation and occupancy fine-tunes of the tiny encoder each load every encoder tensor."""
-    source = build(seed=5)
-    path = save_checkpoint(checkpoint_state(source, epoch=1, it=1), tmp_path / 'contrastive')
-    fine_cfg = cfg_from_yaml_file(str(CFGS / 'gpicture_models' / finetune_name))
-    assert fine_cfg.MODEL.PRETRAINED_ENCODER.MIN_COVERAGE == 1.0
-    torch.manual_seed(6)
-    target = build_network_from_cfg(fine_cfg)
-    load_pretrained_model(target, path, fine_cfg.MODEL.PRETRAINED_ENCODER)
-    src, dst = source.state_dict(), target.state_dict()
-    encoder = [k for k in dst if k.startswith(('vfe.', 'backbone_3d.'))]
-    assert len(encoder) > 20 and {k for k in src if k.startswith(('vfe.', 'backbone_3d.'))} == set(encoder)
-    assert all(src[k].shape == dst[k].shape and torch.equal(src[k], dst[k]) for k in encoder)
+    assert_checkpoint_loads_whole_encoder(build(seed=5), CFGS / 'gpicture_models' / finetune_name, tmp_path)

@@ -12,8 +12,8 @@ import torch
 
 from pcdet.config import ConfigError, cfg_from_yaml_file
 from pcdet.models.build import build_network_from_cfg
-from pcdet.training.checkpointing import checkpoint_state, save_checkpoint
-from pcdet.utils.checkpoint import load_pretrained_model
+
+from encoder_variants import assert_checkpoint_loads_whole_encoder
 
 CFGS = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs'
 PRETRAIN = CFGS / 'gaussian_models' / 'gaussian_tiny_synthetic_pretrain.yaml'
@@ -190,14 +190,4 @@ def test_bad_config_and_missing_camera_inputs_are_refused():
                                            'gpicture_tiny_synthetic_occupancy.yaml',
                                            'gpicture_tiny_synthetic_occupancy_gaussian.yaml'])
 def test_checkpoint_loads_the_whole_encoder_into_the_tiny_finetune_models(finetune_name, tmp_path):
-    source = build(seed=5)
-    path = save_checkpoint(checkpoint_state(source, epoch=1, it=1), tmp_path / 'render')
-    fine_cfg = cfg_from_yaml_file(str(CFGS / 'gpicture_models' / finetune_name))
-    assert fine_cfg.MODEL.PRETRAINED_ENCODER.MIN_COVERAGE == 1.0
-    torch.manual_seed(6)
-    target = build_network_from_cfg(fine_cfg)
-    load_pretrained_model(target, path, fine_cfg.MODEL.PRETRAINED_ENCODER)
-    src, dst = source.state_dict(), target.state_dict()
-    encoder = [k for k in dst if k.startswith(('vfe.', 'backbone_3d.'))]
-    assert len(encoder) > 20 and {k for k in src if k.startswith(('vfe.', 'backbone_3d.'))} == set(encoder)
-    assert all(src[k].shape == dst[k].shape and torch.equal(src[k], dst[k]) for k in encoder)
+    assert_checkpoint_loads_whole_encoder(build(seed=5), CFGS / 'gpicture_models' / finetune_name, tmp_path)

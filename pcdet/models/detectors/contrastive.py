@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ...config import ConfigError
-from ...config_schema import REQUIRED, Schema, Select
-from ...utils.checkpoint import PRETRAINED_ENCODER_SCHEMA
-from .detector3d_template import Detector3DTemplate, slot_schema
+from ...config_schema import Schema
+from .detector3d_template import Detector3DTemplate
+from .pretext_encoder import PRETEXT_ENCODER_KEYS, check_plain_dsvt_encoder
 
 _LOSS_KEYS = {'WEIGHT': 1.0, 'TEMPERATURE': 0.07}
 
@@ -64,10 +64,7 @@ class ContrastivePretrain(Detector3DTemplate):
     skip_evaluation = True
 
     CONFIG_SCHEMA = Schema('MODEL (ContrastivePretrain)', {
-        'NAME': REQUIRED,
-        'VFE': Select(slot_schema('vfe'), required=True),
-        'BACKBONE_3D': Select(slot_schema('backbone_3d'), required=True),
-        'PRETRAINED_ENCODER': PRETRAINED_ENCODER_SCHEMA,
+        **PRETEXT_ENCODER_KEYS,
         'PROJECTION': Schema('MODEL.PROJECTION', {
             'DIM': 64,                 # width of the shared embedding space
             'NUM_TEACHER_FEATURES': 64,  # F of point_teacher_features = DATA_CONFIG.TEACHER_FEATURES.NUM_FEATURES
@@ -94,13 +91,8 @@ class ContrastivePretrain(Detector3DTemplate):
     def __init__(self, model_cfg, num_class, dataset):
         super().__init__(model_cfg=model_cfg, num_class=num_class, dataset=dataset)
         schema = self.CONFIG_SCHEMA
-        for key in ('VFE', 'BACKBONE_3D'):
-            if schema.get(model_cfg, key) is None:
-                raise ConfigError(f'MODEL.{key} is required for ContrastivePretrain')
-        if model_cfg.BACKBONE_3D.NAME != 'DSVT':
-            raise ConfigError(f'MODEL.BACKBONE_3D.NAME: ContrastivePretrain needs the plain DSVT encoder (its keys are '
-                              f'those of the fine-tune configs and it writes the pooling maps the per-point features '
-                              f'use); got {model_cfg.BACKBONE_3D.NAME!r}')
+        check_plain_dsvt_encoder(model_cfg, schema, 'ContrastivePretrain', 'its keys are those of the fine-tune '
+                                 'configs and it writes the pooling maps the per-point features use')
         self.p2p_cfg = schema.get(model_cfg, 'POINT_TO_PIXEL')
         self.sp_cfg = schema.get(model_cfg, 'SUPERPOINT_TO_SUPERPIXEL')
         self.intra_cfg = schema.get(model_cfg, 'INTRA_MODAL')

@@ -36,15 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...config import ConfigError
-from ...config_schema import REQUIRED, Schema, Select
-from ...utils.checkpoint import PRETRAINED_ENCODER_SCHEMA
+from ...config_schema import Schema
 from ..model_utils.gaussian_params import (
     GAUSSIAN_PARAMS_SCHEMA,
     GaussianParamHead,
     check_gaussian_config,
     voxel_centers,
 )
-from .detector3d_template import Detector3DTemplate, slot_schema
+from .detector3d_template import Detector3DTemplate
+from .pretext_encoder import PRETEXT_ENCODER_KEYS, check_plain_dsvt_encoder
 
 CAMERA_KEYS = ('camera_images', 'camera_intrinsics', 'camera_from_lidar', 'camera_depth')
 MAP_NORMALIZATIONS = ('none', 'instance')
@@ -65,10 +65,7 @@ class GaussianRenderPretrain(Detector3DTemplate):
     skip_evaluation = True
 
     CONFIG_SCHEMA = Schema('MODEL (GaussianRenderPretrain)', {
-        'NAME': REQUIRED,
-        'VFE': Select(slot_schema('vfe'), required=True),
-        'BACKBONE_3D': Select(slot_schema('backbone_3d'), required=True),
-        'PRETRAINED_ENCODER': PRETRAINED_ENCODER_SCHEMA,
+        **PRETEXT_ENCODER_KEYS,
         'GAUSSIANS': GAUSSIAN_PARAMS_SCHEMA,
         'FEATURE_DIM': 16,                 # D: rendered feature channels
         'TEACHER': Schema('MODEL.TEACHER', {
@@ -92,12 +89,8 @@ class GaussianRenderPretrain(Detector3DTemplate):
     def __init__(self, model_cfg, num_class, dataset):
         super().__init__(model_cfg=model_cfg, num_class=num_class, dataset=dataset)
         schema = self.CONFIG_SCHEMA
-        for key in ('VFE', 'BACKBONE_3D'):
-            if schema.get(model_cfg, key) is None:
-                raise ConfigError(f'MODEL.{key} is required for GaussianRenderPretrain')
-        if model_cfg.BACKBONE_3D.NAME != 'DSVT':
-            raise ConfigError(f'MODEL.BACKBONE_3D.NAME: GaussianRenderPretrain needs the plain DSVT encoder (its keys '
-                              f'are those of the fine-tune configs); got {model_cfg.BACKBONE_3D.NAME!r}')
+        check_plain_dsvt_encoder(model_cfg, schema, 'GaussianRenderPretrain', 'its keys are those of the fine-tune '
+                                 'configs')
         self.gaussian_cfg = GAUSSIAN_PARAMS_SCHEMA.fill(schema.get(model_cfg, 'GAUSSIANS'))
         self.teacher_cfg = schema.fill(model_cfg).TEACHER
         self.render_cfg = schema.fill(model_cfg).RENDER
