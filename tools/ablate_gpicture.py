@@ -102,6 +102,11 @@ TASKS = {
     'occupancy': (CFG_DIR / 'gpicture_tiny_synthetic_occupancy.yaml', ('SSC mIoU', 'SC IoU'),
                   evaluator_metrics({'SSC mIoU': 'occupancy/SSC_mIoU_present', 'SC IoU': 'occupancy/SC_IoU'}),
                   "OpenOccupancy's SC IoU / SSC mIoU (mean over the classes present)"),
+    # the same task read out by splatting Gaussians (GaussianOccHead) instead of the dense head
+    'occupancy_gaussian': (CFG_DIR / 'gpicture_tiny_synthetic_occupancy_gaussian.yaml', ('SSC mIoU', 'SC IoU'),
+                           evaluator_metrics({'SSC mIoU': 'occupancy/SSC_mIoU_present',
+                                              'SC IoU': 'occupancy/SC_IoU'}),
+                           "OpenOccupancy's SC IoU / SSC mIoU (mean over the classes present), Gaussian read-out"),
 }
 
 

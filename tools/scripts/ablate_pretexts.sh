@@ -4,8 +4,9 @@
 # seg/occ quickstart's set (10 v1.0-mini scenes x 10 key frames, occupancy ground truth) with the six cameras at
 # 200x112 and `--with_cam` infos, in its own folder (data/synthetic_nuscenes_cameras).
 #
-# Long: about 3 CPU-hours (the contrastive pretraining ~20 min per seed, GPICTURE and rendering ~10); two runs at a
-# time on 2 cores. Resumable: finished runs are kept under output/ablation_pretexts and skipped on a rerun.
+# Long: the rows scratch, full and render with 3 seeds took about 90 minutes with two runs at a time on 2 cores
+# (2026-12-06; a rendering pretraining ~13 min, each fine-tune 3-5 min); the contrastive row adds about twice a
+# rendering row. Resumable: finished runs are kept under output/ablation_pretexts and skipped on a rerun.
 # Knobs: PCDET_ABLATION_ROWS ("scratch full contrastive render"), PCDET_ABLATION_SEEDS ("0 1 2"),
 # PCDET_ABLATION_JOBS (2), PCDET_ABLATION_TASKS ("detection occupancy"), PCDET_ABLATION_PRETRAIN_EPOCHS (16),
 # PCDET_ABLATION_FINETUNE_EPOCHS (60).
