@@ -36,7 +36,7 @@ from ..model_utils.gaussian_params import (
     GAUSSIAN_PARAMS_SCHEMA,
     GaussianParamHead,
     check_gaussian_config,
-    voxel_centers,
+    grid_voxel_size,
 )
 from .occ_head import OCC_HEAD_COMMON_SCHEMA, OccupancyHeadTemplate
 from .seg_head import encoder_stage_list, read_block, stage_outputs
@@ -77,25 +77,20 @@ class GaussianOccHead(OccupancyHeadTemplate):
 
         self.stages = encoder_stage_list(encoder_stages, input_channels, grid_size)
         channels, stage_shape = self.stages[-1]
-        occ_range = torch.tensor(self.occ_range)
-        extent = occ_range[3:] - occ_range[:3]
-        stage_voxel = extent / torch.tensor([float(v) for v in stage_shape])
-        self.register_buffer('occ_range_tensor', occ_range, persistent=False)
+        stage_voxel = grid_voxel_size(self.occ_range, stage_shape)
+        self.register_buffer('occ_range_tensor', torch.tensor(self.occ_range), persistent=False)
         self.register_buffer('stage_voxel', stage_voxel, persistent=False)
-        self.register_buffer('cell_size', extent / torch.tensor([float(v) for v in self.output_grid]),
-                             persistent=False)
+        self.register_buffer('cell_size', grid_voxel_size(self.occ_range, self.output_grid), persistent=False)
         self.gaussian_head = GaussianParamHead.from_config(gaussians, channels, self.num_outputs - 1,
                                                            stage_voxel.tolist())
 
     def predict_logits(self, batch_dict, batch_size):
         """(B, 17, X, Y, Z) log-probabilities from the last stage's Gaussians (module docstring)."""
         features, coords, _ = stage_outputs(batch_dict, len(self.stages), type(self).__name__)
-        voxel_features, voxel_coords = features[-1], coords[-1].long()
-        dtype = voxel_features.dtype
+        dtype = features[-1].dtype
         occ_range = self.occ_range_tensor.to(dtype)
-        centres = voxel_centers(voxel_coords, self.stage_voxel.to(dtype), occ_range)
-        g = self.gaussian_head(voxel_features, centres)
-        batch_index = voxel_coords[g['source_voxel'], 0]
+        g = self.gaussian_head.from_voxels(features[-1], coords[-1].long(), self.stage_voxel, occ_range)
+        batch_index = g['batch_index']
         density, class_values = voxelize_gaussians(
             g['means'], g['quats'], g['scales'], g['opacities'], g['values'], batch_index, batch_size,
             self.output_grid, occ_range[:3], self.cell_size.to(dtype),

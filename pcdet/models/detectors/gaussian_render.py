@@ -41,7 +41,7 @@ from ..model_utils.gaussian_params import (
     GAUSSIAN_PARAMS_SCHEMA,
     GaussianParamHead,
     check_gaussian_config,
-    voxel_centers,
+    grid_voxel_size,
 )
 from .detector3d_template import Detector3DTemplate
 from .pretext_encoder import PRETEXT_ENCODER_KEYS, check_plain_dsvt_encoder
@@ -91,11 +91,10 @@ class GaussianRenderPretrain(Detector3DTemplate):
         schema = self.CONFIG_SCHEMA
         check_plain_dsvt_encoder(model_cfg, schema, 'GaussianRenderPretrain', 'its keys are those of the fine-tune '
                                  'configs')
-        self.gaussian_cfg = GAUSSIAN_PARAMS_SCHEMA.fill(schema.get(model_cfg, 'GAUSSIANS'))
-        self.teacher_cfg = schema.fill(model_cfg).TEACHER
-        self.render_cfg = schema.fill(model_cfg).RENDER
-        self.loss_cfg = schema.fill(model_cfg).LOSS
-        self.feature_dim = int(schema.get(model_cfg, 'FEATURE_DIM'))
+        resolved = schema.fill(model_cfg)  # every nested block with its defaults
+        self.gaussian_cfg, self.teacher_cfg = resolved.GAUSSIANS, resolved.TEACHER
+        self.render_cfg, self.loss_cfg = resolved.RENDER, resolved.LOSS
+        self.feature_dim = int(resolved.FEATURE_DIM)
         self._check_config()
         self.module_topology = ['vfe', 'backbone_3d']
         self.module_list = self.build_networks()
@@ -103,8 +102,7 @@ class GaussianRenderPretrain(Detector3DTemplate):
         grid = [int(v) for v in backbone.sparse_shape_list[-1]]            # last stage [nx, ny, nz]
         pc_range = torch.tensor([float(v) for v in self.dataset.point_cloud_range])
         self.register_buffer('point_cloud_range', pc_range, persistent=False)
-        self.register_buffer('stage_voxel_size', (pc_range[3:] - pc_range[:3]) / torch.tensor(grid, dtype=torch.float),
-                             persistent=False)
+        self.register_buffer('stage_voxel_size', grid_voxel_size(pc_range, grid), persistent=False)
         gaussians = GaussianParamHead.from_config(self.gaussian_cfg, int(backbone.d_model[-1]), 3 + self.feature_dim,
                                                   self.stage_voxel_size.tolist())
         projector = nn.Conv2d(self.feature_dim, int(self.teacher_cfg.NUM_FEATURES), 1)
@@ -159,17 +157,14 @@ class GaussianRenderPretrain(Detector3DTemplate):
         return self.backbone_3d(self.vfe(batch_dict))
 
     def predict_gaussians(self, batch_dict):
-        """Gaussians of the encoded batch: GaussianParamHead's dict + 'colors' (N K, 3), 'features' (N K, D),
-        'batch_index' (N K,)."""
-        features = batch_dict['dsvt_stage_features'][-1]
-        coords = batch_dict['dsvt_stage_coords'][-1]
-        centres = voxel_centers(coords, self.stage_voxel_size.to(features.dtype),
-                                self.point_cloud_range.to(features.dtype))
-        gaussians = self.gaussian_head(features, centres)
+        """Gaussians of the encoded batch: GaussianParamHead.from_voxels' dict with 'values' split into 'colors'
+        (N K, 3) and 'features' (N K, D)."""
+        gaussians = self.gaussian_head.from_voxels(batch_dict['dsvt_stage_features'][-1],
+                                                   batch_dict['dsvt_stage_coords'][-1], self.stage_voxel_size,
+                                                   self.point_cloud_range)
         values = gaussians.pop('values')
         gaussians['colors'] = torch.sigmoid(values[:, :3])
         gaussians['features'] = values[:, 3:]
-        gaussians['batch_index'] = coords[gaussians['source_voxel'], 0].long()
         return gaussians
 
     def render_views(self, gaussians, batch_dict):

@@ -13,7 +13,9 @@ numbers, mapped to:
 Row r * K + k of every output is Gaussian k of voxel r (`source_voxel` = r).
 
     voxel_centers(voxel_coords (N, 4) [b, z, y, x], voxel_size (3,), point_cloud_range (6,)) -> (N, 3)
+    grid_voxel_size(point_cloud_range (6,), grid_shape [nx, ny, nz]) -> (3,) tensor
     GaussianParamHead(in_channels, num_values, voxel_size, ...)(voxel_features (N, C), centres (N, 3)) -> dict
+    GaussianParamHead.from_voxels(voxel_features, voxel_coords, voxel_size, point_cloud_range) -> dict + batch_index
 """
 import torch
 from torch import nn
@@ -33,6 +35,12 @@ def voxel_centers(voxel_coords, voxel_size, point_cloud_range):
     """Metric centres (N, 3) [x, y, z] of voxels with coords (N, 4) [b, z, y, x]."""
     xyz_index = voxel_coords[:, [3, 2, 1]].to(voxel_size.dtype)
     return (xyz_index + 0.5) * voxel_size + point_cloud_range[:3]
+
+
+def grid_voxel_size(point_cloud_range, grid_shape):
+    """(3,) float32 metric size of a voxel of a [nx, ny, nz] grid spanning `point_cloud_range` (6,)."""
+    pc_range = torch.as_tensor([float(v) for v in point_cloud_range])
+    return (pc_range[3:] - pc_range[:3]) / torch.tensor([float(v) for v in grid_shape])
 
 
 def check_gaussian_config(cfg, where):
@@ -83,3 +91,12 @@ class GaussianParamHead(nn.Module):
             'values': raw[:, 11:],
             'source_voxel': source,
         }
+
+    def from_voxels(self, voxel_features, voxel_coords, voxel_size, point_cloud_range):
+        """`forward` on the voxels' metric centres, plus 'batch_index' (N K,) long: the sample of each Gaussian.
+        voxel_coords (N, 4) [b, z, y, x]; voxel_size (3,) and point_cloud_range (6,) tensors of that grid."""
+        dtype = voxel_features.dtype
+        centres = voxel_centers(voxel_coords, voxel_size.to(dtype), point_cloud_range.to(dtype))
+        gaussians = self(voxel_features, centres)
+        gaussians['batch_index'] = voxel_coords[gaussians['source_voxel'], 0].long()
+        return gaussians
