@@ -123,6 +123,7 @@ def parse_args(argv=None):
     parser.add_argument('--output_root', default=str(REPO_ROOT / 'output' / 'ablation'))
     parser.add_argument('--out_md', default=None, help='write the Markdown table here')
     parser.add_argument('--out_png', default=None, help='write the bar chart here')
+    parser.add_argument('--title', default='GPICTURE ablation', help='what the bar chart is titled (before the task)')
     parser.add_argument('--extra_set', nargs='*', default=[], help='more --set pairs for every run')
     return parser.parse_args(argv)
 
@@ -280,7 +281,7 @@ def markdown(table, opts, task='detection'):
     return '\n'.join(lines) + '\n'
 
 
-def plot(table, path, task='detection'):
+def plot(table, path, task='detection', title='GPICTURE ablation'):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -293,7 +294,7 @@ def plot(table, path, task='detection'):
                                                                     for r in rows])
         ax.set_xticks(range(len(rows)), rows, rotation=45, ha='right', fontsize=8)
         ax.set_title(name)
-    fig.suptitle(f'GPICTURE ablation, {task} (synthetic nuScenes, 10% labels): mean ± std over seeds', fontsize=10)
+    fig.suptitle(f'{title}, {task} (synthetic nuScenes, 10% labels): mean ± std over seeds', fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -326,7 +327,7 @@ def main(argv=None):
             Path(out_md).write_text(text)
         if out_png:
             Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-            plot(table, out_png, task)
+            plot(table, out_png, task, opts.title)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,21 @@
-"""Encoder variants and the encoder-transfer check shared by the model tests (one definition, so the tests exercise
-the same 3-D grid and the same loading path)."""
+"""Encoder variants, the encoder-transfer check and the config-refusal check shared by the model tests (one
+definition, so the tests exercise the same 3-D grid, the same loading path and the same error contract)."""
+import functools
+import re
+
+import pytest
 from easydict import EasyDict
+
+from pcdet.config import ConfigError
+from pcdet.models.build import build_network_from_cfg
+
+
+def assert_model_refuses(cfg, key, value):
+    """Set the dotted `key` of `cfg` to `value`: building the model must raise a ConfigError that names the key."""
+    *parents, leaf = key.split('.')
+    functools.reduce(getattr, parents, cfg)[leaf] = value
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        build_network_from_cfg(cfg)
 
 
 def use_two_stage_voxel_encoder(cfg, reduction_type=None, drop_conv_out=False):

@@ -13,7 +13,7 @@ import torch
 from pcdet.config import ConfigError, cfg_from_yaml_file
 from pcdet.models.build import build_network_from_cfg
 
-from encoder_variants import assert_checkpoint_loads_whole_encoder
+from encoder_variants import assert_checkpoint_loads_whole_encoder, assert_model_refuses
 
 CFGS = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs'
 PRETRAIN = CFGS / 'gaussian_models' / 'gaussian_tiny_synthetic_pretrain.yaml'
@@ -165,21 +165,16 @@ def test_the_teacher_is_frozen_and_not_saved():
     assert {name.split('.')[0] for name in names} == {'vfe', 'backbone_3d', 'dense_head'}
 
 
-def test_bad_config_and_missing_camera_inputs_are_refused():
+@pytest.mark.parametrize('key, value', [('MODEL.GAUSSIANS.SCALE_RANGE', [0.5, 0.1]),
+                                        ('MODEL.RENDER.VIEWS_PER_SAMPLE', 0),
+                                        ('MODEL.TEACHER.MAP_NORMALIZATION', 'batch')])
+def test_a_bad_value_is_refused_naming_its_key(key, value):
+    assert_model_refuses(load_cfg(), key, value)
+
+
+def test_all_zero_loss_weights_and_missing_camera_inputs_are_refused():
     with pytest.raises(ConfigError, match=r'MODEL\.LOSS'):
         build(RGB=0.0, DEPTH=0.0, FEATURE=0.0)
-    cfg = load_cfg()
-    cfg.MODEL.GAUSSIANS.SCALE_RANGE = [0.5, 0.1]
-    with pytest.raises(ConfigError, match=r'MODEL\.GAUSSIANS\.SCALE_RANGE'):
-        build_network_from_cfg(cfg)
-    cfg = load_cfg()
-    cfg.MODEL.RENDER.VIEWS_PER_SAMPLE = 0
-    with pytest.raises(ConfigError, match=r'MODEL\.RENDER\.VIEWS_PER_SAMPLE'):
-        build_network_from_cfg(cfg)
-    cfg = load_cfg()
-    cfg.MODEL.TEACHER.MAP_NORMALIZATION = 'batch'
-    with pytest.raises(ConfigError, match=r'MODEL\.TEACHER\.MAP_NORMALIZATION'):
-        build_network_from_cfg(cfg)
     batch = make_batch(batch_size=1)
     del batch['camera_depth']
     with pytest.raises(KeyError, match='CAMERA_INPUTS'):

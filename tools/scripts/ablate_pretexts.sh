@@ -31,4 +31,4 @@ python tools/ablate_gpicture.py --data_path "$DATA_PATH" --version "$VERSION" --
   --seeds "${SEEDS[@]}" --tasks "${TASKS[@]}" --jobs "${PCDET_ABLATION_JOBS:-2}" \
   --pretrain_epochs "${PCDET_ABLATION_PRETRAIN_EPOCHS:-16}" --finetune_epochs "${PCDET_ABLATION_FINETUNE_EPOCHS:-60}" \
   --output_root output/ablation_pretexts --out_md docs/pretexts_compared.md \
-  --out_png docs/images/pretexts_compared.png
+  --out_png docs/images/pretexts_compared.png --title 'Pretexts compared'
