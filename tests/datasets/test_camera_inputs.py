@@ -411,7 +411,8 @@ def test_schema_defaults():
 
 
 @pytest.mark.parametrize('block', [{'IMAGE_SIZE': [0, 10]}, {'IMAGE_SIZE': [10, 0]}, {'IMAGE_SIZE': [10]},
-                                   {'IMAGE_SIZE': [10, 10, 3]}, {'IMAGE_SIZE': [-4, 10]}, {'CHANNELS': []}])
+                                   {'IMAGE_SIZE': [10, 10, 3]}, {'IMAGE_SIZE': [-4, 10]}, {'CHANNELS': []},
+                                   {'MIN_DEPTH': 0.0}, {'MIN_DEPTH': -1.0}])
 def test_check_camera_inputs_cfg_refuses(block):
     with pytest.raises(ConfigError, match=r'DATA_CONFIG\.CAMERA_INPUTS'):
         check_camera_inputs_cfg(CAMERA_INPUTS_SCHEMA.fill({'ENABLED': True, **block}))
@@ -484,3 +485,11 @@ def test_synthetic_dataset_batch_has_camera_inputs(tmp_path):
             np.testing.assert_allclose(np.asarray(batch['camera_intrinsics'][b, v]),
                                        resized_by_hand(K, size[0] / width, size[1] / height), rtol=1e-5, atol=1e-5)
     assert total > 100
+
+    # training: the cameras stay put and a model undoes the points' augmentation with lidar_aug_matrix, which is
+    # composed flip -> rotation -> scaling; another order is refused
+    augmentations = cfg.DATA_CONFIG.DATA_AUGMENTOR.AUG_CONFIG_LIST
+    assert [a.NAME for a in augmentations][:2] == ['random_world_flip', 'random_world_rotation']
+    augmentations[0], augmentations[1] = augmentations[1], augmentations[0]
+    with pytest.raises(ConfigError, match='random_world_rotation.*camera inputs'):
+        build_dataloader(cfg.DATA_CONFIG, cfg.CLASS_NAMES, batch_size=2, dist=False, workers=0, training=True)

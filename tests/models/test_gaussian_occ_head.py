@@ -17,6 +17,8 @@ from pcdet.models.dense_heads.occ_head import OccHead, upsample_argmax
 from pcdet.training.checkpointing import checkpoint_state, save_checkpoint
 from pcdet.utils.checkpoint import load_pretrained_model
 
+from encoder_variants import use_two_stage_voxel_encoder
+
 CFG_DIR = Path(__file__).resolve().parents[2] / 'tools' / 'cfgs' / 'gpicture_models'
 GAUSS_CFG, OCC_CFG = 'gpicture_tiny_synthetic_occupancy_gaussian.yaml', 'gpicture_tiny_synthetic_occupancy.yaml'
 PRETRAIN_CFG = 'gpicture_tiny_synthetic_pretrain.yaml'
@@ -144,6 +146,20 @@ def test_gaussians_land_in_the_cells_of_their_voxel(tiny_cfg):
     assert float(logits[1, 0, 0, 0, 0]) == pytest.approx(-DENSITY_FLOOR)
 
 
+def test_a_pooled_stage_gives_its_voxels_the_pooled_size(tiny_cfg):
+    # 2 m input voxels in z pooled by 4 (encoder_variants): the last stage's voxels are 8 m tall, and the Gaussians
+    # of the pillar at stage z 0 are centred at -5 + 4 m
+    cfg = use_two_stage_voxel_encoder(copy.deepcopy(tiny_cfg), reduction_type='attention', drop_conv_out=True)
+    head = build(cfg).dense_head
+    assert torch.allclose(head.stage_voxel, torch.tensor([0.8, 0.8, 8.0]))
+    cfg.DATA_CONFIG.DATA_PROCESSOR[-1].VOXEL_SIZE = [0.8, 0.8, 1.6]      # z grid 5: a stride 2 does not divide it
+    layer = cfg.MODEL.BACKBONE_3D.INPUT_LAYER
+    layer.sparse_shape, layer.downsample_stride = [128, 128, 5], [[1, 1, 2]]
+    layer.window_shape = [[8, 8, 5], [8, 8, 3]]
+    with pytest.raises(ConfigError, match=r'MODEL\.BACKBONE_3D.*axis z.*\[128, 128, 5\].*by 2'):
+        build(cfg)
+
+
 def test_loss_decreases_under_adam_on_a_fixed_batch(tiny_cfg):
     model = build(small(tiny_cfg))
     batch = occ_scene([128, 128, 40], batch_size=2, seed=1)
@@ -193,6 +209,7 @@ def test_encoder_equals_the_occhead_configs_and_a_pretrained_encoder_loads_compl
     (lambda h: h.GAUSSIANS.__setitem__('PER_VOXEL', 0), 'GAUSSIANS.PER_VOXEL'),
     (lambda h: h.GAUSSIANS.__setitem__('SCALE_RANGE', [1.0, 0.5]), 'GAUSSIANS.SCALE_RANGE'),
     (lambda h: h.GAUSSIANS.__setitem__('SCALES', [1.0, 0.5]), 'SCALES'),
+    (lambda h: h.__setitem__('EMPTY_IDX', 5), 'EMPTY_IDX'),
 ])
 def test_bad_config_values_are_refused(tiny_cfg, edit, match):
     cfg = copy.deepcopy(tiny_cfg)

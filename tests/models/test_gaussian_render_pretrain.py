@@ -166,8 +166,12 @@ def test_the_teacher_is_frozen_and_not_saved():
 
 
 @pytest.mark.parametrize('key, value', [('MODEL.GAUSSIANS.SCALE_RANGE', [0.5, 0.1]),
-                                        ('MODEL.RENDER.VIEWS_PER_SAMPLE', 0),
-                                        ('MODEL.TEACHER.MAP_NORMALIZATION', 'batch')])
+                                        ('MODEL.RENDER.VIEWS_PER_SAMPLE', 0), ('MODEL.RENDER.NEAR', -1.0),
+                                        ('MODEL.RENDER.PRUNE_OPACITY', 1.5), ('MODEL.RENDER.TILE', 0),
+                                        ('MODEL.RENDER.CHUNK', 0), ('MODEL.LOSS.SILOG_LAMBDA', 2.0),
+                                        ('MODEL.LOSS.SILOG_WEIGHT', -1.0), ('MODEL.LOSS.SSIM_WEIGHT', 1.5),
+                                        ('MODEL.TEACHER.MAP_NORMALIZATION', 'batch'),
+                                        ('MODEL.TEACHER.BACKBONE.NAME', 'no_such_net')])
 def test_a_bad_value_is_refused_naming_its_key(key, value):
     assert_model_refuses(load_cfg(), key, value)
 
@@ -176,6 +180,10 @@ def test_all_zero_loss_weights_and_missing_camera_inputs_are_refused():
     with pytest.raises(ConfigError, match=r'MODEL\.LOSS'):
         build(RGB=0.0, DEPTH=0.0, FEATURE=0.0)
     batch = make_batch(batch_size=1)
+    model = build()
+    model.render_cfg.VIEWS_PER_SAMPLE = batch['camera_images'].shape[1] + 1
+    with pytest.raises(ValueError, match='VIEWS_PER_SAMPLE'):
+        model(dict(batch))
     del batch['camera_depth']
     with pytest.raises(KeyError, match='CAMERA_INPUTS'):
         build()(batch)

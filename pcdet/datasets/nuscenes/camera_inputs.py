@@ -39,6 +39,9 @@ def check_camera_inputs_cfg(cfg):
         raise ConfigError(f'DATA_CONFIG.CAMERA_INPUTS.IMAGE_SIZE must be [width, height] in pixels or null, got {size}')
     if cfg.CHANNELS is not None and len(cfg.CHANNELS) == 0:
         raise ConfigError('DATA_CONFIG.CAMERA_INPUTS.CHANNELS is empty: list camera channels or null for all')
+    if float(cfg.MIN_DEPTH) <= 0:
+        # a point at or behind the camera plane projects mirrored; kept, it would win its pixel with depth <= 0
+        raise ConfigError(f'DATA_CONFIG.CAMERA_INPUTS.MIN_DEPTH must be > 0 metres, got {cfg.MIN_DEPTH}')
 
 
 def resized_intrinsics(intrinsics, stored_size, size):

@@ -207,6 +207,9 @@ class NuScenesDataset(DatasetTemplate):
                               f'{self.occ_root} (DATA_CONFIG.OCC_PATH, relative to DATA_PATH/VERSION or absolute)')
         self.camera_inputs_cfg = CAMERA_INPUTS_SCHEMA.fill(schema.get(dataset_cfg, 'CAMERA_INPUTS'))
         check_camera_inputs_cfg(self.camera_inputs_cfg)
+        if self.camera_inputs_cfg.ENABLED and self.training:
+            # the cameras stay in the recorded frame; a model maps the points back with lidar_aug_matrix
+            check_matrix_order(self._cfg('DATA_AUGMENTOR'), 'the camera inputs')
         self.teacher_feature_root = None
         if self.teacher_cfg:
             self.teacher_feature_root = feature_store.feature_root(self.root_path, self.teacher_cfg)

@@ -37,6 +37,7 @@ from ..model_utils.gaussian_params import (
     GaussianParamHead,
     check_gaussian_config,
     grid_voxel_size,
+    stage_voxel_size,
 )
 from .occ_head import OCC_HEAD_COMMON_SCHEMA, OccupancyHeadTemplate
 from .seg_head import encoder_stage_list, read_block, stage_outputs
@@ -68,6 +69,9 @@ class GaussianOccHead(OccupancyHeadTemplate):
         schema = self.CONFIG_SCHEMA
         gaussians = read_block(schema, model_cfg, 'GAUSSIANS', GAUSSIAN_PARAMS_SCHEMA, 'DENSE_HEAD.GAUSSIANS')
         check_gaussian_config(gaussians, 'MODEL.DENSE_HEAD.GAUSSIANS')
+        if self.empty_index != 0:  # the logits rule puts the free probability in channel 0
+            raise ConfigError(f'MODEL.DENSE_HEAD.EMPTY_IDX must be 0 for GaussianOccHead (its free class is channel '
+                              f'0), got {self.empty_index}')
         self.cutoff_sigmas = float(schema.get(model_cfg, 'CUTOFF_SIGMAS'))
         if not self.cutoff_sigmas > 0:
             raise ConfigError(f'MODEL.DENSE_HEAD.CUTOFF_SIGMAS must be > 0, got {self.cutoff_sigmas}')
@@ -76,8 +80,10 @@ class GaussianOccHead(OccupancyHeadTemplate):
             raise ConfigError(f'MODEL.DENSE_HEAD.SPLAT_CHUNK must be >= 1, got {self.splat_chunk}')
 
         self.stages = encoder_stage_list(encoder_stages, input_channels, grid_size)
-        channels, stage_shape = self.stages[-1]
-        stage_voxel = grid_voxel_size(self.occ_range, stage_shape)
+        channels, _ = self.stages[-1]
+        # without the builder's stages the head reads the single-stage grid itself (stride 1)
+        last_stride = [1, 1, 1] if encoder_stages is None else encoder_stages[-1]['stride']
+        stage_voxel = stage_voxel_size(self.occ_range, self.stages[0][1], last_stride, 'MODEL.BACKBONE_3D')
         self.register_buffer('occ_range_tensor', torch.tensor(self.occ_range), persistent=False)
         self.register_buffer('stage_voxel', stage_voxel, persistent=False)
         self.register_buffer('cell_size', grid_voxel_size(self.occ_range, self.output_grid), persistent=False)

@@ -4,8 +4,8 @@ GAUSSIAN_SPLATTING.md "Rendering pretext"). A sibling of GPICTURE and Contrastiv
 config. The pretraining-only parts sit under `dense_head.` (`dense_head.gaussians`: the per-voxel Gaussian head,
 `dense_head.feature_projector`: 1x1 conv from the rendered features to the teacher's width,
 `dense_head.background_logits`: the learned background colour). The frozen 2-D teacher
-is not a registered module: it is rebuilt from the config (seeded or a local weights file), so it is neither in the
-checkpoints nor in the optimizer.
+is not a registered module: it is built from the config (seeded or a local weights file) when the model is, so it
+is neither in the checkpoints nor in the optimizer, and a bad teacher NAME or WEIGHTS is refused before training.
 
 Step (training):
   1. encoder -> last-stage voxel tokens; K Gaussians per voxel (model_utils/gaussian_params.py) with values
@@ -18,7 +18,8 @@ Step (training):
      Uncovered pixels show the learned background colour.
   4. losses (pretraining/render_losses.py), each weighted by LOSS.<name> (0 skips it):
      RGB     (1 - SSIM_WEIGHT) L1 + SSIM_WEIGHT (1 - SSIM) against the camera image;
-     DEPTH   L1 + SILOG_WEIGHT x SiLog of the alpha-normalised depth against camera_depth (pixels with a LiDAR depth);
+     DEPTH   L1 + SILOG_WEIGHT x SiLog of the alpha-normalised depth against camera_depth, over the pixels with a
+             LiDAR depth that the render covers (alpha >= render_losses.ALPHA_FLOOR);
      FEATURE 1 - cosine of feature_projector(rendered features) against the teacher's feature map of the image
              (bilinearly resized to the image size; MAP_NORMALIZATION as the image-projection teacher).
 
@@ -31,6 +32,8 @@ forward(batch_dict), training:
              num_gaussians (rendered, mean per sample), num_views}, {})
 forward, eval mode: runs the encoder and returns (one empty dict per sample, {}); `skip_evaluation = True`.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,7 +44,7 @@ from ..model_utils.gaussian_params import (
     GAUSSIAN_PARAMS_SCHEMA,
     GaussianParamHead,
     check_gaussian_config,
-    grid_voxel_size,
+    stage_voxel_size,
 )
 from .detector3d_template import Detector3DTemplate
 from .pretext_encoder import PRETEXT_ENCODER_KEYS, check_plain_dsvt_encoder
@@ -99,15 +102,22 @@ class GaussianRenderPretrain(Detector3DTemplate):
         self.module_topology = ['vfe', 'backbone_3d']
         self.module_list = self.build_networks()
         backbone = self.backbone_3d
-        grid = [int(v) for v in backbone.sparse_shape_list[-1]]            # last stage [nx, ny, nz]
         pc_range = torch.tensor([float(v) for v in self.dataset.point_cloud_range])
         self.register_buffer('point_cloud_range', pc_range, persistent=False)
-        self.register_buffer('stage_voxel_size', grid_voxel_size(pc_range, grid), persistent=False)
+        voxel_size = stage_voxel_size(pc_range, backbone.sparse_shape_list[0], backbone.stage_strides[-1],
+                                      'MODEL.BACKBONE_3D')  # of the last stage, whose voxels carry the Gaussians
+        self.register_buffer('stage_voxel_size', voxel_size, persistent=False)
         gaussians = GaussianParamHead.from_config(self.gaussian_cfg, int(backbone.d_model[-1]), 3 + self.feature_dim,
                                                   self.stage_voxel_size.tolist())
         projector = nn.Conv2d(self.feature_dim, int(self.teacher_cfg.NUM_FEATURES), 1)
         self.dense_head = RenderHeads(gaussians, projector)
-        self._teacher = None  # built on first use (not a submodule: frozen, not saved)
+        self._teacher = None  # not a submodule: frozen, not saved
+        if float(self.loss_cfg.FEATURE) > 0:  # built here so that a bad NAME or WEIGHTS is refused before training
+            from ...datasets.teachers.image_backbones import build_image_backbone
+            teacher = build_image_backbone(self.teacher_cfg.BACKBONE, int(self.teacher_cfg.NUM_FEATURES),
+                                           'MODEL.TEACHER')
+            # object.__setattr__: nn.Module's would register it as a submodule (saved in checkpoints, trained)
+            object.__setattr__(self, '_teacher', teacher.requires_grad_(False))
 
     def _check_config(self):
         check_gaussian_config(self.gaussian_cfg, 'MODEL.GAUSSIANS')
@@ -119,10 +129,19 @@ class GaussianRenderPretrain(Detector3DTemplate):
         if not any(float(self.loss_cfg[key]) > 0 for key in ('RGB', 'DEPTH', 'FEATURE')):
             raise ConfigError('MODEL.LOSS: RGB, DEPTH and FEATURE are all 0; GaussianRenderPretrain would train '
                               'nothing')
-        if not 0 <= float(self.loss_cfg.SSIM_WEIGHT) <= 1:
-            raise ConfigError(f'MODEL.LOSS.SSIM_WEIGHT must be in [0, 1], got {self.loss_cfg.SSIM_WEIGHT}')
-        if int(self.render_cfg.VIEWS_PER_SAMPLE) < 1:
-            raise ConfigError(f'MODEL.RENDER.VIEWS_PER_SAMPLE must be >= 1, got {self.render_cfg.VIEWS_PER_SAMPLE}')
+        ranges = {'LOSS.SSIM_WEIGHT': (self.loss_cfg.SSIM_WEIGHT, 0, 1, 'in [0, 1]'),
+                  # lambda > 1 makes SiLog's radicand negative (clamped: a constant, no gradient)
+                  'LOSS.SILOG_LAMBDA': (self.loss_cfg.SILOG_LAMBDA, 0, 1, 'in [0, 1]'),
+                  'LOSS.SILOG_WEIGHT': (self.loss_cfg.SILOG_WEIGHT, 0, math.inf, '>= 0'),
+                  # >= 1 would prune every Gaussian: only the background colour would train
+                  'RENDER.PRUNE_OPACITY': (self.render_cfg.PRUNE_OPACITY, 0, 1 - 1e-9, 'in [0, 1)'),
+                  'RENDER.NEAR': (self.render_cfg.NEAR, 1e-9, math.inf, '> 0 metres (behind it is culled)'),
+                  'RENDER.VIEWS_PER_SAMPLE': (self.render_cfg.VIEWS_PER_SAMPLE, 1, math.inf, '>= 1'),
+                  'RENDER.TILE': (self.render_cfg.TILE, 1, math.inf, '>= 1 pixel'),
+                  'RENDER.CHUNK': (self.render_cfg.CHUNK, 1, math.inf, '>= 1 Gaussian')}
+        for key, (value, low, high, expected) in ranges.items():
+            if not low <= float(value) <= high:
+                raise ConfigError(f'MODEL.{key} must be {expected}, got {value}')
         if self.render_cfg.BACKEND not in ('auto', 'torch', 'gsplat'):
             raise ConfigError(f'MODEL.RENDER.BACKEND: expected auto, torch or gsplat, got {self.render_cfg.BACKEND!r}')
         if self.teacher_cfg.MAP_NORMALIZATION not in MAP_NORMALIZATIONS:
@@ -136,13 +155,8 @@ class GaussianRenderPretrain(Detector3DTemplate):
     # ---- teacher ------------------------------------------------------------------------------------------------
     def teacher_maps(self, images):
         """(N, 3, H, W) RGB in [0, 1] -> (N, F, H, W) frozen teacher features at the image size."""
-        from ...datasets.teachers.image_backbones import IMAGENET_MEAN, IMAGENET_STD, build_image_backbone
+        from ...datasets.teachers.image_backbones import IMAGENET_MEAN, IMAGENET_STD
         from ...datasets.teachers.image_projection import instance_normalize
-        if self._teacher is None:
-            teacher = build_image_backbone(self.teacher_cfg.BACKBONE, int(self.teacher_cfg.NUM_FEATURES),
-                                           'MODEL.TEACHER')
-            # object.__setattr__: nn.Module's would register it as a submodule (saved in checkpoints, trained)
-            object.__setattr__(self, '_teacher', teacher.requires_grad_(False))
         teacher = self._teacher.to(images.device).eval()
         mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -175,6 +189,9 @@ class GaussianRenderPretrain(Detector3DTemplate):
         cfg = self.render_cfg
         images = batch_dict['camera_images']
         num_views, height, width = images.shape[1], images.shape[3], images.shape[4]
+        if int(cfg.VIEWS_PER_SAMPLE) > num_views:
+            raise ValueError(f'MODEL.RENDER.VIEWS_PER_SAMPLE {cfg.VIEWS_PER_SAMPLE} > the {num_views} cameras per '
+                             'sample (DATA_CONFIG.CAMERA_INPUTS.CHANNELS)')
         keep = gaussians['opacities'].detach() >= float(cfg.PRUNE_OPACITY)
         renders, chosen, counts = [], [], []
         for b in range(int(batch_dict['batch_size'])):
@@ -208,7 +225,7 @@ class GaussianRenderPretrain(Detector3DTemplate):
         from ..pretraining import render_losses as L
         batch_dict = self.encode(batch_dict)
         gaussians = self.predict_gaussians(batch_dict)
-        rgb, features, depth, _, chosen, num_gaussians = self.render_views(gaussians, batch_dict)
+        rgb, features, depth, alpha, chosen, num_gaussians = self.render_views(gaussians, batch_dict)
         index_b = torch.tensor([b for b, _ in chosen], device=rgb.device)
         index_v = torch.tensor([v for _, v in chosen], device=rgb.device)
         target_rgb = batch_dict['camera_images'][index_b, index_v]
@@ -219,7 +236,8 @@ class GaussianRenderPretrain(Detector3DTemplate):
             tb_dict['loss_rgb'] = loss.detach()
         if float(self.loss_cfg.DEPTH) > 0:
             loss = L.depth_loss(depth, batch_dict['camera_depth'][index_b, index_v],
-                                float(self.loss_cfg.SILOG_WEIGHT), float(self.loss_cfg.SILOG_LAMBDA))
+                                alpha.detach() >= L.ALPHA_FLOOR, float(self.loss_cfg.SILOG_WEIGHT),
+                                float(self.loss_cfg.SILOG_LAMBDA))
             losses.append(float(self.loss_cfg.DEPTH) * loss)
             tb_dict['loss_depth'] = loss.detach()
         if float(self.loss_cfg.FEATURE) > 0:

@@ -5,7 +5,8 @@ Both run `vfe` (dynamic VFE) -> `backbone_3d` (DSVT) -> `dense_head` (`SegHead` 
 state-dict prefixes `vfe.`, `backbone_3d.`, `dense_head.`, so a GPICTURE-pretrained encoder loads with
 `PRETRAINED_ENCODER: {PREFIXES: ['vfe.', 'backbone_3d.'], MIN_COVERAGE: 1.0}`. The head owns its targets, loss and
 predictions; there is no box post-processing. The head is built with the encoder's per-stage channels and grid
-shapes (`encoder_stages`: list of {channels, shape [nx, ny, nz]} from the DSVT) and the raw point feature count.
+shapes (`encoder_stages`: list of {channels, shape [nx, ny, nz], stride [sx, sy, sz] (input voxels per stage voxel)}
+from the DSVT) and the raw point feature count.
 
 `forward(batch_dict)`:
     training -> `({'loss': 0-d tensor}, tb_dict (the head's terms), {})`
@@ -43,8 +44,8 @@ class DenseTaskModel(Detector3DTemplate):
         if not hasattr(backbone, 'sparse_shape_list') or not hasattr(backbone, 'd_model'):
             raise ValueError(f'{type(self).__name__}: MODEL.BACKBONE_3D must be a DSVT (per-stage grids and widths '
                              f'are needed by the head), got {type(backbone).__name__}')
-        stages = [{'channels': int(c), 'shape': [int(v) for v in shape]}
-                  for c, shape in zip(backbone.d_model, backbone.sparse_shape_list)]
+        stages = [{'channels': int(c), 'shape': [int(v) for v in shape], 'stride': [int(v) for v in stride]}
+                  for c, shape, stride in zip(backbone.d_model, backbone.sparse_shape_list, backbone.stage_strides)]
         head_cfg = self.CONFIG_SCHEMA.get(self.model_cfg, 'DENSE_HEAD')
         head = lookup_module('dense_head', head_cfg.NAME)(
             model_cfg=head_cfg, input_channels=model_info_dict['num_point_features'], num_class=self.num_class,

@@ -14,6 +14,7 @@ Row r * K + k of every output is Gaussian k of voxel r (`source_voxel` = r).
 
     voxel_centers(voxel_coords (N, 4) [b, z, y, x], voxel_size (3,), point_cloud_range (6,)) -> (N, 3)
     grid_voxel_size(point_cloud_range (6,), grid_shape [nx, ny, nz]) -> (3,) tensor
+    stage_voxel_size(point_cloud_range (6,), input_grid [nx, ny, nz], stage_stride [sx, sy, sz], where) -> (3,)
     GaussianParamHead(in_channels, num_values, voxel_size, ...)(voxel_features (N, C), centres (N, 3)) -> dict
     GaussianParamHead.from_voxels(voxel_features, voxel_coords, voxel_size, point_cloud_range) -> dict + batch_index
 """
@@ -41,6 +42,23 @@ def grid_voxel_size(point_cloud_range, grid_shape):
     """(3,) float32 metric size of a voxel of a [nx, ny, nz] grid spanning `point_cloud_range` (6,)."""
     pc_range = torch.as_tensor([float(v) for v in point_cloud_range])
     return (pc_range[3:] - pc_range[:3]) / torch.tensor([float(v) for v in grid_shape])
+
+
+def stage_voxel_size(point_cloud_range, input_grid, stage_stride, where):
+    """(3,) float32 metric size of an encoder stage's voxel: `stage_stride` input voxels per axis (DSVT pools with
+    floor(coord / stride)), or the whole axis where the stride reaches past it. ConfigError naming `where` when a
+    stride does not divide its axis: the stage grid is rounded up, so its last voxel would be partial and no single
+    size would place the Gaussians of every voxel."""
+    input_voxel = grid_voxel_size(point_cloud_range, input_grid)
+    cells = []
+    for axis, (size, stride) in enumerate(zip(input_grid, stage_stride)):
+        size, stride = int(size), int(stride)
+        if size % stride and stride < size:
+            raise ConfigError(f'{where}: the encoder pools axis {"xyz"[axis]} of its {list(input_grid)} input grid '
+                              f'by {stride} voxels, which does not divide {size}; choose BACKBONE_3D strides that '
+                              'divide the grid (or a grid that the strides divide)')
+        cells.append(min(stride, size))
+    return input_voxel * torch.tensor([float(c) for c in cells])
 
 
 def check_gaussian_config(cfg, where):

@@ -6,15 +6,18 @@
     expected_depth(depth_sum, alpha)           depth_sum / max(alpha, ALPHA_FLOOR): the alpha-normalised depth
     silog_loss(pred, target, valid, lam)       sqrt(mean d^2 - lam (mean d)^2), d = log pred - log target over the
                                                valid pixels (Eigen et al.; GaussTR's depth term)
-    depth_loss(pred, target, silog_weight)     SiLog + mean |pred - target| over pixels with a LiDAR depth (> 0)
+    depth_loss(pred, target, covered, ...)     SiLog + mean |pred - target| over the pixels with a LiDAR depth (> 0)
+                                               that the render covers (`covered`: alpha >= ALPHA_FLOOR)
     feature_cosine_loss(pred, target)          mean over pixels of 1 - cos(pred, target) (channel dim 1)
 Every function returns a 0-d tensor; an empty selection (no valid pixel) gives 0 connected to the graph.
 """
 import torch
 import torch.nn.functional as F
 
-# Below this accumulated opacity the expected depth is divided by the floor instead: a pixel the Gaussians barely
-# cover gets a small depth and a gradient that raises its opacity, not a division by ~0.
+# Below this accumulated opacity a pixel has no depth of its own: expected_depth divides by the floor instead of by
+# ~0, and the depth loss leaves the pixel out. Kept in, an uncovered pixel's depth (~0, log ~ -16) would enter
+# SiLog's mean log error and pull every covered pixel's depth nearer, with no gradient to cover the pixel itself;
+# coverage is the RGB and feature terms' job.
 ALPHA_FLOOR = 1e-2
 SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2
 
@@ -65,9 +68,10 @@ def silog_loss(pred, target, valid, lam=0.85, eps=1e-6):
     return torch.sqrt((d.square().mean() - lam * d.mean().square()).clamp_min(eps))
 
 
-def depth_loss(pred, target, silog_weight=1.0, lam=0.85):
-    """pred, target (...) depths in metres; target 0 = no LiDAR depth (left out)."""
-    valid = target > 0
+def depth_loss(pred, target, covered, silog_weight=1.0, lam=0.85):
+    """pred, target (...) depths in metres; target 0 = no LiDAR depth; covered (...) bool, the pixels the render
+    covers (alpha >= ALPHA_FLOOR). Only pixels with both enter either term."""
+    valid = (target > 0) & covered
     if not bool(valid.any()):
         return pred.sum() * 0.0
     l1 = (pred[valid] - target[valid]).abs().mean()

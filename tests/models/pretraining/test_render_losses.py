@@ -160,35 +160,51 @@ def test_silog_without_valid_pixel_is_zero_on_the_graph():
     assert torch.equal(pred.grad, torch.zeros_like(pred))
 
 
+def everywhere(target):
+    return torch.ones(target.shape, dtype=torch.bool)
+
+
 def test_depth_loss_matches_reference():
     pred, target = depth_pair(9)
-    valid = target > 0
+    covered = np.random.default_rng(90).random(target.shape) < 0.8
+    valid = (target > 0) & covered
+    assert 0 < valid.sum() < (target > 0).sum()
     for weight in (1.0, 0.3, 0.0):
         expected = np.abs(pred[valid] - target[valid]).mean() + weight * reference_silog(pred, target, valid, 0.85)
-        got = L.depth_loss(torch.from_numpy(pred), torch.from_numpy(target), weight)
+        got = L.depth_loss(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(covered), weight)
         assert got.dim() == 0
         assert float(got) == pytest.approx(expected, rel=1e-10)
     expected = np.abs(pred[valid] - target[valid]).mean() + 0.5 * reference_silog(pred, target, valid, 0.6)
-    assert float(L.depth_loss(torch.from_numpy(pred), torch.from_numpy(target), 0.5, lam=0.6)) == \
-        pytest.approx(expected, rel=1e-10)
+    assert float(L.depth_loss(torch.from_numpy(pred), torch.from_numpy(target), torch.from_numpy(covered), 0.5,
+                              lam=0.6)) == pytest.approx(expected, rel=1e-10)
+
+
+def test_uncovered_pixels_do_not_pull_the_covered_depths():
+    # two pixels rendered at their LiDAR depth, two that no Gaussian reaches (rendered depth 0): counted, the
+    # uncovered pair would enter SiLog's mean log error and give the exact pixels a gradient towards 0
+    target = torch.tensor([10.0, 20.0, 10.0, 20.0], dtype=torch.float64)
+    pred = torch.tensor([10.0, 20.0, 0.0, 0.0], dtype=torch.float64, requires_grad=True)
+    covered = torch.tensor([True, True, False, False])
+    L.depth_loss(pred, target, covered).backward()
+    assert torch.equal(pred.grad, torch.zeros_like(pred))
 
 
 def test_depth_loss_ignores_pixels_without_lidar_depth():
     pred, target = depth_pair(10)
     changed = pred.copy()
     changed[target == 0] = np.random.default_rng(11).uniform(0.01, 500.0, int((target == 0).sum()))
-    a = L.depth_loss(torch.from_numpy(pred), torch.from_numpy(target))
-    b = L.depth_loss(torch.from_numpy(changed), torch.from_numpy(target))
+    a = L.depth_loss(torch.from_numpy(pred), torch.from_numpy(target), everywhere(target))
+    b = L.depth_loss(torch.from_numpy(changed), torch.from_numpy(target), everywhere(target))
     assert float(a) == float(b)
     tensor = torch.from_numpy(pred).requires_grad_()
-    L.depth_loss(tensor, torch.from_numpy(target)).backward()
+    L.depth_loss(tensor, torch.from_numpy(target), everywhere(target)).backward()
     assert torch.all(tensor.grad[torch.from_numpy(target == 0)] == 0)
     assert torch.all(tensor.grad[torch.from_numpy(target > 0)] != 0)
 
 
 def test_depth_loss_without_lidar_depth_is_zero_on_the_graph():
     pred = torch.rand(3, 5, dtype=torch.float64, requires_grad=True)
-    value = L.depth_loss(pred, torch.zeros(3, 5, dtype=torch.float64))
+    value = L.depth_loss(pred, torch.zeros(3, 5, dtype=torch.float64), torch.ones(3, 5, dtype=torch.bool))
     assert value.dim() == 0 and float(value.detach()) == 0.0 and value.requires_grad
     value.backward()
     assert torch.equal(pred.grad, torch.zeros_like(pred))

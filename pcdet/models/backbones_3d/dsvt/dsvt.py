@@ -87,8 +87,9 @@ class DSVT(nn.Module):
                with record_encoder_layers: encoder_layer_features, a list over the 2 * (number of blocks) encoder
                layers of (stage index, (N_stage, C) output of that layer) -- the activations CKA compares.
 
-    Attributes: num_point_features (= conv_out_channel = d_model[-1]), sparse_shape_list, output_shape [X, Y],
-        output_sparse_shape (X, Y, Z), compat (dict of COMPAT switches).
+    Attributes: num_point_features (= conv_out_channel = d_model[-1]), sparse_shape_list, stage_strides (per stage
+        [sx, sy, sz]: input voxels per stage voxel and axis), output_shape [X, Y], output_sparse_shape (X, Y, Z),
+        compat (dict of COMPAT switches).
     """
 
     CONFIG_SCHEMA = Schema('MODEL.BACKBONE_3D (DSVT)', {
@@ -169,6 +170,10 @@ class DSVT(nn.Module):
         self.set_info = set_info
         self.d_model = d_model
         self.sparse_shape_list = [list(v) for v in self.shapes.stage_shapes]
+        # per stage, how many input voxels per axis pool into one of its voxels (pooling composes floor divisions)
+        self.stage_strides = [[1, 1, 1]]
+        for stride in self.shapes.downsample_strides:
+            self.stage_strides.append([int(a) * int(b) for a, b in zip(self.stage_strides[-1], stride)])
         self.output_sparse_shape = tuple(self.shapes.output_shape)
         self.output_shape = list(self.output_sparse_shape[:2])
         conv_out_channel = schema.get(model_cfg, 'conv_out_channel')
