@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The pretexts side by side (docs/GAUSSIAN_SPLATTING.md "Pretexts compared"): scratch, GPICTURE (`full`), contrastive
-# and Gaussian rendering, each fine-tuned for detection and occupancy on 10% of the labels, 3 seeds. Data: the
-# seg/occ quickstart's set (10 v1.0-mini scenes x 10 key frames, occupancy ground truth) with the six cameras at
-# 200x112 and `--with_cam` infos, in its own folder (data/synthetic_nuscenes_cameras).
+# and Gaussian rendering, each fine-tuned for detection and occupancy (the dense head and the Gaussian read-out) on
+# 10% of the labels, 3 seeds. Data: the seg/occ quickstart's set (10 v1.0-mini scenes x 10 key frames, occupancy
+# ground truth) with the six cameras at 200x112 and `--with_cam` infos, in its own folder
+# (data/synthetic_nuscenes_cameras).
 #
-# Long: the rows scratch, full and render with 3 seeds took about 90 minutes with two runs at a time on 2 cores
-# (2026-12-06; a rendering pretraining ~13 min, each fine-tune 3-5 min); the contrastive row adds about twice a
-# rendering row. Resumable: finished runs are kept under output/ablation_pretexts and skipped on a rerun.
-# Knobs: PCDET_ABLATION_ROWS ("scratch full contrastive render"), PCDET_ABLATION_SEEDS ("0 1 2"),
-# PCDET_ABLATION_JOBS (2), PCDET_ABLATION_TASKS ("detection occupancy"), PCDET_ABLATION_PRETRAIN_EPOCHS (16),
-# PCDET_ABLATION_FINETUNE_EPOCHS (60).
+# Long (2026-12-06, 2 cores, two runs at a time): a pretraining takes 10-20 minutes, each fine-tune 3-18 minutes; the
+# contrastive row with its three tasks took about 47 minutes, the rendering row about 57. Resumable: finished runs
+# are kept under output/ablation_pretexts and skipped on a rerun, so a rerun with every row only rewrites the tables
+# and pictures. Knobs: PCDET_ABLATION_ROWS ("scratch full contrastive render"), PCDET_ABLATION_SEEDS ("0 1 2"),
+# PCDET_ABLATION_JOBS (2), PCDET_ABLATION_TASKS ("detection occupancy occupancy_gaussian"),
+# PCDET_ABLATION_PRETRAIN_EPOCHS (16), PCDET_ABLATION_FINETUNE_EPOCHS (60).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 source "$REPO_ROOT/tools/scripts/setup_env.sh"
@@ -26,7 +27,7 @@ if [ ! -f "$DATA_PATH/$VERSION/nuscenes_infos_10sweeps_train.pkl" ]; then
 fi
 read -r -a ROWS <<< "${PCDET_ABLATION_ROWS:-scratch full contrastive render}"
 read -r -a SEEDS <<< "${PCDET_ABLATION_SEEDS:-0 1 2}"
-read -r -a TASKS <<< "${PCDET_ABLATION_TASKS:-detection occupancy}"
+read -r -a TASKS <<< "${PCDET_ABLATION_TASKS:-detection occupancy occupancy_gaussian}"
 python tools/ablate_gpicture.py --data_path "$DATA_PATH" --version "$VERSION" --rows "${ROWS[@]}" \
   --seeds "${SEEDS[@]}" --tasks "${TASKS[@]}" --jobs "${PCDET_ABLATION_JOBS:-2}" \
   --pretrain_epochs "${PCDET_ABLATION_PRETRAIN_EPOCHS:-16}" --finetune_epochs "${PCDET_ABLATION_FINETUNE_EPOCHS:-60}" \
