@@ -193,16 +193,17 @@ class GaussianRenderPretrain(Detector3DTemplate):
             raise ValueError(f'MODEL.RENDER.VIEWS_PER_SAMPLE {cfg.VIEWS_PER_SAMPLE} > the {num_views} cameras per '
                              'sample (DATA_CONFIG.CAMERA_INPUTS.CHANNELS)')
         keep = gaussians['opacities'].detach() >= float(cfg.PRUNE_OPACITY)
+        # one batched inverse, and inv_ex: linalg.inv's singularity check would wait for the GPU once per sample
+        lidar_from_augmented = torch.linalg.inv_ex(batch_dict['lidar_aug_matrix'].double()).inverse.to(images.dtype)
         renders, chosen, counts = [], [], []
         for b in range(int(batch_dict['batch_size'])):
             rows = torch.nonzero(keep & (gaussians['batch_index'] == b)).squeeze(1)
             counts.append(rows.numel())
-            lidar_from_augmented = torch.linalg.inv(batch_dict['lidar_aug_matrix'][b].double()).to(images.dtype)
             for v in torch.randperm(num_views)[:int(cfg.VIEWS_PER_SAMPLE)].tolist():
                 out = render_gaussians(
                     gaussians['means'][rows], gaussians['quats'][rows], gaussians['scales'][rows],
                     gaussians['opacities'][rows], gaussians['colors'][rows], gaussians['features'][rows],
-                    batch_dict['camera_from_lidar'][b, v] @ lidar_from_augmented,
+                    batch_dict['camera_from_lidar'][b, v] @ lidar_from_augmented[b],
                     batch_dict['camera_intrinsics'][b, v], width, height, near=float(cfg.NEAR), tile=int(cfg.TILE),
                     chunk=int(cfg.CHUNK), background=torch.sigmoid(self.dense_head.background_logits),
                     backend=cfg.BACKEND)
